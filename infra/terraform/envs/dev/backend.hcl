@@ -1,0 +1,2 @@
+bucket = "suitex-dev-terraform-state"
+prefix = "event-backbone"

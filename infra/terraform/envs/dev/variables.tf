@@ -1,0 +1,42 @@
+# Values live in terraform.tfvars next to this file; everything else in this directory is
+# identical across dev, staging and prod (checked by tests/terraform_policy.rs).
+
+variable "environment" {
+  description = "dev, staging or prod."
+  type        = string
+
+  validation {
+    condition     = contains(["dev", "staging", "prod"], var.environment)
+    error_message = "environment must be one of dev, staging, prod."
+  }
+}
+
+variable "project_id" {
+  description = "GCP project of this environment."
+  type        = string
+}
+
+variable "region" {
+  description = "Region for Cloud SQL and the payload bucket."
+  type        = string
+}
+
+variable "network_name" {
+  description = "Name of the existing SuiteX VPC in this project."
+  type        = string
+}
+
+variable "existing_peering_ranges" {
+  description = "Allocated ranges already on the VPC's servicenetworking peering; see README before changing."
+  type        = list(string)
+}
+
+variable "sql_tier" {
+  description = "Cloud SQL machine tier."
+  type        = string
+}
+
+variable "sql_backup_retained_count" {
+  description = "Number of daily automated backups kept."
+  type        = number
+}

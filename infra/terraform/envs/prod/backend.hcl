@@ -1,0 +1,2 @@
+bucket = "suitex-prod-terraform-state"
+prefix = "event-backbone"

@@ -1,0 +1,2 @@
+bucket = "suitex-staging-terraform-state"
+prefix = "event-backbone"

@@ -1,0 +1,11 @@
+module "backbone" {
+  source = "../../modules/backbone"
+
+  environment               = var.environment
+  project_id                = var.project_id
+  region                    = var.region
+  network_name              = var.network_name
+  existing_peering_ranges   = var.existing_peering_ranges
+  sql_tier                  = var.sql_tier
+  sql_backup_retained_count = var.sql_backup_retained_count
+}
