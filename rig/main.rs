@@ -1,1 +1,170 @@
-fn main() {}
+//! `rig`: the backbone rig's command line. Thin glue over the `rig` library.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rig::environment::shell_export;
+use rig::report::Outcome;
+use rig::target::{Backbone, TargetKind};
+use rig::topology::Topology;
+use rig::validate::{self, Check};
+
+#[derive(Parser)]
+#[command(name = "rig", version, about = "The event backbone's rig: bring it up, validate it, prove it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct TargetArgs {
+    /// Which environment's Terraform to provision from (infra/terraform/envs/<ENV>).
+    #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
+    environment: String,
+    /// Where the backbone runs: `local` (emulators + MariaDB/MySQL as processes).
+    #[arg(long, default_value = "local", env = "RIG_TARGET")]
+    target: TargetKind,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring the backbone up locally, provision it from the Terraform, print `export` lines on
+    /// stdout, and keep it running until Ctrl-C or SIGTERM.
+    Up(TargetArgs),
+    /// The epic's connection validation: probe through Pub/Sub, a dummy row through the
+    /// event-store connection, the primary untouched. Exits non-zero on any failure.
+    Validate {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Print the result as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the topology the rig reads from the Terraform.
+    Topology {
+        #[arg(long, short, default_value = "dev")]
+        environment: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RIG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rig=info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+fn load_topology(environment: &str) -> anyhow::Result<Topology> {
+    let root = Topology::default_root();
+    Topology::load(&root, environment)
+        .with_context(|| format!("reading the {environment} topology from {}", root.display()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Topology { environment } => {
+            println!("{:#?}", load_topology(&environment)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up(args) => {
+            let topology = load_topology(&args.environment)?;
+            let started = Instant::now();
+            let work = async {
+                let backbone = Backbone::start(args.target).await?;
+                let deployment = backbone.deploy("default", &topology).await?;
+                Ok::<_, anyhow::Error>((backbone, deployment))
+            };
+            let (backbone, deployment) = tokio::select! {
+                r = work => r?,
+                s = shutdown_signal() => { eprintln!("{} during start-up: stopped", s?); return Ok(ExitCode::from(130)); }
+            };
+            let env = &deployment.environment;
+            for (name, value) in env.env_vars() {
+                println!("{}", shell_export(&name, &value));
+            }
+            eprintln!(
+                "backbone up in {:.2}s on target {} — event store engine: {}",
+                started.elapsed().as_secs_f64(),
+                env.target,
+                env.engine
+            );
+            for d in &deployment.divergences {
+                eprintln!("known emulator divergence: {d}");
+            }
+            for (name, pid, log) in backbone.processes() {
+                eprintln!("  {name:<16} pid {pid:<7} log {}", log.display());
+            }
+            eprintln!("Ctrl-C or SIGTERM stops everything.");
+            let signal = shutdown_signal().await?;
+            eprintln!("{signal}: stopping the backbone");
+            drop(backbone);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { target, json } => {
+            let topology = load_topology(&target.environment)?;
+            let work = async {
+                let started = Instant::now();
+                let backbone = Backbone::start(target.target).await?;
+                let deployment = backbone.deploy("default", &topology).await?;
+                let up = Check {
+                    name: format!("bring up and provision the {} backbone", target.target),
+                    outcome: Outcome::Pass,
+                    took: started.elapsed(),
+                    detail: backbone
+                        .startup_times()
+                        .iter()
+                        .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                let validation =
+                    validate::run(&deployment.environment, vec![up], deployment.divergences.clone()).await;
+                if !validation.passed() {
+                    eprintln!("service logs (last lines):\n{}", backbone.log_tails(1500));
+                }
+                Ok::<_, anyhow::Error>(validation)
+            };
+            let validation = tokio::select! {
+                r = work => r?,
+                s = shutdown_signal() => { eprintln!("{}: validation stopped", s?); return Ok(ExitCode::from(130)); }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&validation)?);
+            } else {
+                print!("{}", validation.render());
+            }
+            Ok(if validation.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The one place a target is chosen. Everything downstream receives an [`Environment`]
+//! (endpoints and credentials) and cannot tell which target produced it except by asking.
+
+mod local;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use local::LocalBackbone;
+
+use crate::environment::Environment;
+use crate::topology::Topology;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// Emulators and a MySQL-compatible server as local processes (no Docker, no GCP account).
+    Local,
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetKind::Local => "local",
+        })
+    }
+}
+
+impl std::str::FromStr for TargetKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(TargetKind::Local),
+            "containers" | "gcp" => Err(format!(
+                "target `{s}` is not available yet: only `local` is implemented (see README, Targets)"
+            )),
+            other => Err(format!("unknown target `{other}`: expected `local`")),
+        }
+    }
+}
+
+/// A running backbone. Dropping it stops every process it started and removes its files.
+pub enum Backbone {
+    Local(LocalBackbone),
+}
+
+impl Backbone {
+    pub async fn start(kind: TargetKind) -> anyhow::Result<Self> {
+        match kind {
+            TargetKind::Local => Ok(Backbone::Local(LocalBackbone::start().await?)),
+        }
+    }
+
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Backbone::Local(_) => TargetKind::Local,
+        }
+    }
+
+    /// Provisions `topology` under `scope` (its own project, databases and bucket) and returns
+    /// the endpoints and credentials to reach it.
+    pub async fn deploy(&self, scope: &str, topology: &Topology) -> anyhow::Result<Deployment> {
+        match self {
+            Backbone::Local(local) => local.deploy(scope, topology).await,
+        }
+    }
+
+    /// How long each service took to answer, for banners and benchmarks.
+    pub fn startup_times(&self) -> &[(String, Duration)] {
+        match self {
+            Backbone::Local(local) => &local.startup_times,
+        }
+    }
+
+    /// Each service's name, pid and log file (for "what is running" and orphan checks).
+    pub fn processes(&self) -> Vec<(String, u32, std::path::PathBuf)> {
+        match self {
+            Backbone::Local(local) => local.processes(),
+        }
+    }
+
+    /// The last lines of every service's log: attach these to any failure report.
+    pub fn log_tails(&self, max_bytes: u64) -> String {
+        match self {
+            Backbone::Local(local) => local.log_tails(max_bytes),
+        }
+    }
+}
+
+/// A provisioned environment and what provisioning noticed on the way.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub environment: Environment,
+    pub divergences: Vec<crate::divergence::Divergence>,
+    pub took: Duration,
+}
+
+/// `scope` as a suffix safe for database names (`[a-z0-9_]`).
+pub(crate) fn db_suffix(scope: &str) -> String {
+    scope
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect()
+}
+
+/// `scope` as a suffix safe for project ids and bucket names (`[a-z0-9-]`).
+pub(crate) fn dns_suffix(scope: &str) -> String {
+    scope
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect()
+}
