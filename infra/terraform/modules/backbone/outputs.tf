@@ -4,11 +4,8 @@ output "topics" {
 }
 
 output "subscriptions" {
-  description = "Pub/Sub subscription ids by role."
-  value = merge(
-    { for key, subscription in google_pubsub_subscription.dead_lettering : key => subscription.name },
-    { dlq_inspect = google_pubsub_subscription.dlq_inspect.name },
-  )
+  description = "Ids of the dead-lettering Pub/Sub subscriptions by role (the DLQ's own is in pubsub_dlq.tf)."
+  value       = { for key, subscription in google_pubsub_subscription.dead_lettering : key => subscription.name }
 }
 
 output "probe_attribute" {

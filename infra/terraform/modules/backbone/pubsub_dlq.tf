@@ -21,3 +21,8 @@ resource "google_pubsub_subscription_iam_member" "worker_dlq_subscriber" {
   role         = "roles/pubsub.subscriber"
   member       = local.worker_member
 }
+
+output "dead_letter_subscription" {
+  description = "Id of the subscription that keeps dead letters readable."
+  value       = google_pubsub_subscription.dlq_inspect.name
+}
