@@ -17,3 +17,7 @@ pub mod target;
 pub mod topology;
 pub mod report;
 pub mod validate;
+pub mod claim_check;
+pub mod envelope;
+pub mod producer;
+pub mod worker;

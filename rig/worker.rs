@@ -1,0 +1,365 @@
+//! The reference ingest worker — what the sync engine's background worker does, and the system
+//! the scenarios put under test:
+//! stream-pull `events.raw` → validate → resolve a claim-checked payload → append to the ledger
+//! (idempotent on event_id) → publish to `events.merged` with the same ordering key → ack.
+//!
+//! Failure handling:
+//! - transient failures (database, GCS, publish) nack; after the subscription's
+//!   `max_delivery_attempts` Pub/Sub's dead-letter policy takes the message to `events.dlq`;
+//! - bad input (unreadable headers, invalid JSON, over-long fields, a missing or modified
+//!   claim object, a conflicting event_id) is never stored: the worker publishes it to
+//!   `events.dlq` with a `dead_letter_reason` and acks it;
+//! - per-key order is kept by the worker too: once a key's message fails, later messages of
+//!   that key are held (their leases kept) until it is stored or given up to the dead-letter
+//!   policy, because Pub/Sub may deliver them before the failed message's redelivery;
+//! - messages carrying the probe attribute are dropped: on the real service the subscription
+//!   filter keeps them away, the emulator does not apply filters.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use google_cloud_storage::client::Storage;
+use tokio::sync::mpsc;
+
+use crate::claim_check::{self, ClaimError};
+use crate::envelope::{self, PayloadSource};
+use crate::environment::Environment;
+use crate::event_store::{AppendError, Appended, EventStore};
+
+/// What the worker reads and writes, taken from the Terraform topology.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub subscription: String,
+    pub merged_topic: String,
+    pub dead_letter_topic: String,
+    pub probe_attribute: Option<String>,
+    /// The subscription's dead-letter attempts: after a failure on this attempt the key is
+    /// released, because the service dead-letters the message.
+    pub max_delivery_attempts: Option<u32>,
+    /// Connections to the event store.
+    pub connections: u32,
+}
+
+impl WorkerOptions {
+    /// The worker on `events.raw`, as the topology declares it.
+    pub fn from_environment(env: &Environment) -> anyhow::Result<Self> {
+        let topology = &env.topology;
+        let raw = topology
+            .validation_subscription()
+            .map(|s| s.topic.clone())
+            .unwrap_or_else(|| "events.raw".into());
+        let subscription = topology
+            .worker_subscription(&raw)
+            .with_context(|| format!("the Terraform declares no worker subscription on {raw}"))?;
+        let dead_letter = subscription
+            .dead_letter
+            .clone()
+            .with_context(|| format!("{} has no dead-letter policy in the Terraform", subscription.name))?;
+        let merged_topic = topology
+            .topics
+            .iter()
+            .map(|t| t.name.clone())
+            .find(|t| t != &raw && t != &dead_letter.topic)
+            .context("the Terraform declares no merged topic")?;
+        Ok(Self {
+            subscription: subscription.name.clone(),
+            merged_topic,
+            dead_letter_topic: dead_letter.topic,
+            probe_attribute: topology.probe_attribute(),
+            max_delivery_attempts: Some(dead_letter.max_delivery_attempts),
+            connections: 4,
+        })
+    }
+}
+
+/// Points where a scenario can make the worker fail as a real one would.
+pub trait Faults: Send + Sync {
+    /// Called once per delivery of a valid event, before the append.
+    fn before_append(&self, _event_id: uuid::Uuid, _attempt: u32) -> Fault {
+        Fault::None
+    }
+    /// Called after a successful append, before publishing to merged and acking.
+    fn after_append(&self, _event_id: uuid::Uuid, _attempt: u32) -> Fault {
+        Fault::None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Fail this delivery: nack it.
+    Nack,
+}
+
+/// No faults: production behaviour.
+pub struct NoFaults;
+impl Faults for NoFaults {}
+
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub stored: AtomicU64,
+    pub already_stored: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub probes_dropped: AtomicU64,
+    pub nacked: AtomicU64,
+    pub held: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn summary(&self) -> String {
+        format!(
+            "stored {}, already stored {}, dead-lettered {}, probes dropped {}, nacked {}, held {}",
+            self.stored.load(Ordering::Relaxed),
+            self.already_stored.load(Ordering::Relaxed),
+            self.dead_lettered.load(Ordering::Relaxed),
+            self.probes_dropped.load(Ordering::Relaxed),
+            self.nacked.load(Ordering::Relaxed),
+            self.held.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// How one delivery ended.
+enum Disposition {
+    Ack,
+    Nack,
+}
+
+struct Core {
+    options: WorkerOptions,
+    store: EventStore,
+    storage: Storage,
+    merged: Publisher,
+    dead_letters: Publisher,
+    faults: Arc<dyn Faults>,
+    stats: Arc<WorkerStats>,
+    /// Events this process already published to merged, so a redelivery of a stored event
+    /// is not published twice. (After a restart the set is empty: merged is at-least-once.)
+    published: Mutex<HashSet<uuid::Uuid>>,
+    stopping: AtomicBool,
+}
+
+pub struct Worker {
+    core: Arc<Core>,
+    env: Environment,
+}
+
+impl Worker {
+    pub async fn connect(env: &Environment, options: WorkerOptions, faults: Arc<dyn Faults>) -> anyhow::Result<Self> {
+        let store = EventStore::connect(&env.event_store, options.connections)
+            .await
+            .with_context(|| format!("connecting to the event store as {}", env.event_store.username))?;
+        let core = Core {
+            store,
+            storage: env.storage.client().await?,
+            merged: env.pubsub.publisher(&options.merged_topic).await?,
+            dead_letters: env.pubsub.publisher(&options.dead_letter_topic).await?,
+            faults,
+            stats: Arc::default(),
+            published: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            options,
+        };
+        Ok(Self {
+            core: Arc::new(core),
+            env: env.clone(),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.core.stats.clone()
+    }
+
+    /// Pulls until `shutdown` turns true (then finishes what is in hand and nacks what is
+    /// held), or until the stream fails (the error is returned: callers decide to restart).
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Arc<WorkerStats>> {
+        let subscriber = self.env.pubsub.subscriber().await?;
+        let path = self.env.pubsub.subscription_path(&self.core.options.subscription);
+        let mut stream = subscriber
+            .subscribe(path.clone())
+            .set_max_outstanding_messages(20_000i64)
+            .build();
+        let mut keys: HashMap<String, mpsc::UnboundedSender<(Message, Handler)>> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let result = loop {
+            if *shutdown.borrow() {
+                break Ok(());
+            }
+            let next = tokio::select! {
+                _ = shutdown.changed() => continue,
+                next = stream.next() => next,
+            };
+            let (message, handler) = match next {
+                None => break Err(anyhow::anyhow!("the stream on {path} ended")),
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context(format!("streaming pull on {path}"))),
+                Some(Ok(delivery)) => delivery,
+            };
+            if let Some(attr) = &self.core.options.probe_attribute
+                && message.attributes.contains_key(attr)
+            {
+                self.core.stats.probes_dropped.fetch_add(1, Ordering::Relaxed);
+                handler.ack();
+                continue;
+            }
+            if message.ordering_key.is_empty() {
+                let core = self.core.clone();
+                tasks.spawn(async move { core.deliver(message, handler).await });
+                continue;
+            }
+            let sender = keys.entry(message.ordering_key.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tasks.spawn(self.core.clone().key_loop(rx));
+                tx
+            });
+            if let Err(mpsc::error::SendError((_, handler))) = sender.send((message, handler)) {
+                handler.nack();
+            }
+        };
+        self.core.stopping.store(true, Ordering::SeqCst);
+        drop(keys);
+        while tasks.join_next().await.is_some() {}
+        result.map(|()| self.core.stats.clone())
+    }
+}
+
+impl Core {
+    async fn deliver(self: Arc<Self>, message: Message, handler: Handler) {
+        let attempt = handler.delivery_attempt().and_then(|a| u32::try_from(a).ok()).unwrap_or(1);
+        match self.process(&message, attempt).await {
+            Disposition::Ack => handler.ack(),
+            Disposition::Nack => {
+                self.stats.nacked.fetch_add(1, Ordering::Relaxed);
+                handler.nack()
+            }
+        }
+    }
+
+    /// One ordering key's messages, strictly one after another.
+    async fn key_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(Message, Handler)>) {
+        let mut blocked_by: Option<String> = None;
+        let mut held: VecDeque<(Message, Handler)> = VecDeque::new();
+        while let Some(delivery) = rx.recv().await {
+            if self.stopping.load(Ordering::SeqCst) {
+                drop(delivery); // dropping a handler nacks it
+                continue;
+            }
+            if blocked_by.as_ref().is_some_and(|b| *b != delivery.0.message_id) {
+                self.stats.held.fetch_add(1, Ordering::Relaxed);
+                held.push_back(delivery);
+                continue;
+            }
+            let mut next = Some(delivery);
+            while let Some((message, handler)) = next.take() {
+                let attempt = handler.delivery_attempt().and_then(|a| u32::try_from(a).ok()).unwrap_or(1);
+                match self.process(&message, attempt).await {
+                    Disposition::Ack => {
+                        handler.ack();
+                        if blocked_by.as_ref() == Some(&message.message_id) {
+                            blocked_by = None;
+                        }
+                    }
+                    Disposition::Nack => {
+                        self.stats.nacked.fetch_add(1, Ordering::Relaxed);
+                        handler.nack();
+                        let last_attempt = self.options.max_delivery_attempts.is_some_and(|max| attempt >= max);
+                        // After its last attempt the service dead-letters it: the key moves on.
+                        blocked_by = (!last_attempt).then(|| message.message_id.clone());
+                    }
+                }
+                if blocked_by.is_none() && !self.stopping.load(Ordering::SeqCst) {
+                    next = held.pop_front();
+                }
+            }
+        }
+        // Whatever is still held is released for redelivery (dropping nacks).
+        drop(held);
+    }
+
+    async fn process(&self, message: &Message, attempt: u32) -> Disposition {
+        let envelope = match envelope::decode(message) {
+            Ok(e) => e,
+            Err(reason) => return self.dead_letter(message, &reason).await,
+        };
+        let payload = match &envelope.payload {
+            PayloadSource::Inline(p) => p.clone(),
+            PayloadSource::Claim(claim) => match claim_check::fetch(&self.storage, claim).await {
+                Ok(p) => p,
+                Err(ClaimError::Rejected(reason)) => return self.dead_letter(message, &reason).await,
+                Err(ClaimError::Transient(e)) => {
+                    tracing::warn!(event_id = %envelope.event_id, "claim check: {e}");
+                    return Disposition::Nack;
+                }
+            },
+        };
+        let event = envelope.into_event(payload);
+        if let Err(invalid) = event.validate() {
+            return self.dead_letter(message, &invalid.reason).await;
+        }
+        if self.faults.before_append(event.event_id, attempt) == Fault::Nack {
+            return Disposition::Nack;
+        }
+        let appended = match self.store.append(&event).await {
+            Ok(a) => a,
+            Err(AppendError::Database(e)) => {
+                tracing::warn!(event_id = %event.event_id, "event store: {e}");
+                return Disposition::Nack;
+            }
+            Err(e @ (AppendError::Invalid(_) | AppendError::Conflict { .. })) => {
+                return self.dead_letter(message, &e.to_string()).await;
+            }
+        };
+        match appended {
+            Appended::Stored => self.stats.stored.fetch_add(1, Ordering::Relaxed),
+            Appended::AlreadyStored => self.stats.already_stored.fetch_add(1, Ordering::Relaxed),
+        };
+        if self.faults.after_append(event.event_id, attempt) == Fault::Nack {
+            return Disposition::Nack;
+        }
+        let already_published = self
+            .published
+            .lock()
+            .map(|set| set.contains(&event.event_id))
+            .unwrap_or(false);
+        if !already_published {
+            let merged = Message::new()
+                .set_data(message.data.clone())
+                .set_ordering_key(message.ordering_key.clone())
+                .set_attributes(message.attributes.clone());
+            if let Err(e) = self.merged.publish(merged).await {
+                tracing::warn!(event_id = %event.event_id, "publishing to {}: {e}", self.options.merged_topic);
+                self.merged.resume_publish(message.ordering_key.clone());
+                return Disposition::Nack;
+            }
+            if let Ok(mut set) = self.published.lock() {
+                set.insert(event.event_id);
+            }
+        }
+        Disposition::Ack
+    }
+
+    /// Sends bad input to the dead-letter topic with its reason; acks only once that publish
+    /// succeeded, so nothing is lost if the dead-letter topic is unavailable.
+    async fn dead_letter(&self, message: &Message, reason: &str) -> Disposition {
+        let mut attributes = message.attributes.clone();
+        attributes.insert(envelope::DEAD_LETTER_REASON.into(), reason.chars().take(1000).collect());
+        attributes.insert("dead_letter_source_subscription".into(), self.options.subscription.clone());
+        attributes.insert("dead_letter_source_message_id".into(), message.message_id.clone());
+        let dead = Message::new().set_data(message.data.clone()).set_attributes(attributes);
+        match self.dead_letters.publish(dead).await {
+            Ok(_) => {
+                tracing::info!(message_id = %message.message_id, "dead-lettered: {reason}");
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                Disposition::Ack
+            }
+            Err(e) => {
+                tracing::warn!("publishing to {}: {e}", self.options.dead_letter_topic);
+                Disposition::Nack
+            }
+        }
+    }
+}
