@@ -83,7 +83,9 @@ pub fn claim_object_name(event: &NewEvent) -> String {
     let segment = |s: &str| -> String {
         s.bytes()
             .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
                 _ => format!("%{b:02X}"),
             })
             .collect()
@@ -111,7 +113,11 @@ fn header_attributes(event: &NewEvent) -> Vec<(String, String)> {
 pub fn inline_message(event: &NewEvent) -> Message {
     Message::new()
         .set_data(event.payload.clone())
-        .set_ordering_key(ordering_key(&event.account_id, &event.aggregate_type, &event.aggregate_id))
+        .set_ordering_key(ordering_key(
+            &event.account_id,
+            &event.aggregate_type,
+            &event.aggregate_id,
+        ))
         .set_attributes(header_attributes(event))
 }
 
@@ -122,7 +128,11 @@ pub fn claim_message(event: &NewEvent, claim: &ClaimRef) -> Message {
     attributes.push((PAYLOAD_SHA256.into(), claim.sha256.clone()));
     attributes.push((PAYLOAD_SIZE.into(), claim.size.to_string()));
     Message::new()
-        .set_ordering_key(ordering_key(&event.account_id, &event.aggregate_type, &event.aggregate_id))
+        .set_ordering_key(ordering_key(
+            &event.account_id,
+            &event.aggregate_type,
+            &event.aggregate_id,
+        ))
         .set_attributes(attributes)
 }
 
@@ -141,11 +151,14 @@ pub fn decode(message: &Message) -> Result<Envelope, String> {
         .map_err(|e| format!("attribute `{EVENT_ID}` is not a UUID ({event_id_text:?}): {e}"))?;
     let created_at_text = get(CREATED_AT)?;
     let created_at = DateTime::parse_from_rfc3339(&created_at_text)
-        .map_err(|e| format!("attribute `{CREATED_AT}` is not RFC 3339 ({created_at_text:?}): {e}"))?
+        .map_err(|e| {
+            format!("attribute `{CREATED_AT}` is not RFC 3339 ({created_at_text:?}): {e}")
+        })?
         .with_timezone(&Utc);
     let payload = match attrs.get(PAYLOAD_REF) {
         None => PayloadSource::Inline(
-            String::from_utf8(message.data.to_vec()).map_err(|e| format!("payload is not UTF-8: {e}"))?,
+            String::from_utf8(message.data.to_vec())
+                .map_err(|e| format!("payload is not UTF-8: {e}"))?,
         ),
         Some(uri) => {
             let (bucket, object) = uri
@@ -227,7 +240,10 @@ mod tests {
         let e = event();
         let name = claim_object_name(&e);
         assert_eq!(name, claim_object_name(&e));
-        assert!(name.starts_with("events/TSTDRV1%2Feu/salesorder/SO%201/"), "{name}");
+        assert!(
+            name.starts_with("events/TSTDRV1%2Feu/salesorder/SO%201/"),
+            "{name}"
+        );
     }
 
     #[test]

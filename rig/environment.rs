@@ -40,12 +40,50 @@ impl Environment {
         if let Some(endpoint) = &self.storage.endpoint {
             vars.push(("STORAGE_EMULATOR_HOST".into(), endpoint.clone()));
         }
-        vars.push(("GOOGLE_CLOUD_PROJECT".into(), self.pubsub.project_id.clone()));
-        vars.push(("BACKBONE_ENVIRONMENT".into(), self.topology.environment.clone()));
+        vars.push((
+            "GOOGLE_CLOUD_PROJECT".into(),
+            self.pubsub.project_id.clone(),
+        ));
+        vars.push((
+            "BACKBONE_ENVIRONMENT".into(),
+            self.topology.environment.clone(),
+        ));
         vars.push(("BACKBONE_PAYLOAD_BUCKET".into(), self.bucket.clone()));
         vars.extend(self.event_store.env_vars(EVENT_STORE_PREFIX));
         vars.extend(self.primary.env_vars(PRIMARY_PREFIX));
         vars
+    }
+}
+
+impl Environment {
+    /// The backbone the process environment describes: `rig up`'s variables locally, or in GCP
+    /// `GOOGLE_CLOUD_PROJECT` with Application Default Credentials (no emulator hosts set).
+    pub fn from_process_env(topology: Topology) -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let project_id = var("GOOGLE_CLOUD_PROJECT").ok_or_else(|| {
+            anyhow::anyhow!("GOOGLE_CLOUD_PROJECT is not set: export it (the GCP project), or source `rig up --env-file`'s file")
+        })?;
+        let event_store = DbConfig::from_env(EVENT_STORE_PREFIX)?;
+        let primary = DbConfig::from_env(PRIMARY_PREFIX)?;
+        Ok(Self {
+            target: TargetKind::FromEnvironment,
+            scope: "default".into(),
+            pubsub: PubsubConnection {
+                endpoint: var("PUBSUB_EMULATOR_HOST").map(|h| format!("http://{h}")),
+                project_id: project_id.clone(),
+            },
+            storage: StorageConnection {
+                endpoint: var("STORAGE_EMULATOR_HOST"),
+                project_id,
+            },
+            bucket: var("BACKBONE_PAYLOAD_BUCKET").unwrap_or_else(|| topology.bucket.name.clone()),
+            topology,
+            event_store_admin: event_store.clone(),
+            event_store,
+            primary_admin: primary.clone(),
+            primary,
+            engine: "as configured".into(),
+        })
     }
 }
 

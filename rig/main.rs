@@ -7,12 +7,17 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rig::environment::shell_export;
 use rig::report::Outcome;
+use rig::scenarios::suite;
 use rig::target::{Backbone, TargetKind};
 use rig::topology::Topology;
 use rig::validate::{self, Check};
 
 #[derive(Parser)]
-#[command(name = "rig", version, about = "The event backbone's rig: bring it up, validate it, prove it")]
+#[command(
+    name = "rig",
+    version,
+    about = "The event backbone's rig: bring it up, validate it, prove it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +37,13 @@ struct TargetArgs {
 enum Command {
     /// Bring the backbone up locally, provision it from the Terraform, print `export` lines on
     /// stdout, and keep it running until Ctrl-C or SIGTERM.
-    Up(TargetArgs),
+    Up {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Also write the `export` lines to this file (then `source` it from another shell).
+        #[arg(long)]
+        env_file: Option<std::path::PathBuf>,
+    },
     /// The epic's connection validation: probe through Pub/Sub, a dummy row through the
     /// event-store connection, the primary untouched. Exits non-zero on any failure.
     Validate {
@@ -41,6 +52,32 @@ enum Command {
         /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the property-based scenarios (and with --mutations, their mutation tests) and
+    /// print a results table. Exits non-zero if any fails; divergences are listed apart.
+    Scenarios {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Only these scenarios (see --list); all when none is given.
+        names: Vec<String>,
+        /// List the scenarios and mutations, then exit.
+        #[arg(long)]
+        list: bool,
+        /// Also run the mutation tests (each scenario against a broken world must fail).
+        #[arg(long)]
+        mutations: bool,
+        /// Generated cases per scenario (default: each scenario's own; also PROPTEST_CASES).
+        #[arg(long)]
+        cases: Option<u32>,
+        /// Write a JUnit XML report here.
+        #[arg(long)]
+        junit: Option<std::path::PathBuf>,
+    },
+    /// Run the reference ingest worker against the backbone described by the environment
+    /// (`rig up`'s variables, or real GCP credentials and DB_EVENT_STORE_*), until Ctrl-C.
+    Worker {
+        #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
+        environment: String,
     },
     /// Print the topology the rig reads from the Terraform.
     Topology {
@@ -58,7 +95,10 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
@@ -74,15 +114,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGINT and SIGTERM, listened to from the start: a signal that arrives at any point, even
+/// between two steps, is kept until someone asks for it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 fn load_topology(environment: &str) -> anyhow::Result<Topology> {
@@ -92,12 +145,16 @@ fn load_topology(environment: &str) -> anyhow::Result<Topology> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::listen()?;
     match cli.command {
         Command::Topology { environment } => {
             println!("{:#?}", load_topology(&environment)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up(args) => {
+        Command::Up {
+            target: args,
+            env_file,
+        } => {
             let topology = load_topology(&args.environment)?;
             let started = Instant::now();
             let work = async {
@@ -107,11 +164,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let (backbone, deployment) = tokio::select! {
                 r = work => r?,
-                s = shutdown_signal() => { eprintln!("{} during start-up: stopped", s?); return Ok(ExitCode::from(130)); }
+                s = signals.next() => { eprintln!("{s} during start-up: stopped"); return Ok(ExitCode::from(130)); }
             };
             let env = &deployment.environment;
-            for (name, value) in env.env_vars() {
-                println!("{}", shell_export(&name, &value));
+            let exports: Vec<String> = env
+                .env_vars()
+                .iter()
+                .map(|(name, value)| shell_export(name, value))
+                .collect();
+            for line in &exports {
+                println!("{line}");
+            }
+            if let Some(path) = &env_file {
+                std::fs::write(path, exports.join("\n") + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!(
+                    "environment written to {}: `source {}` in another shell",
+                    path.display(),
+                    path.display()
+                );
             }
             eprintln!(
                 "backbone up in {:.2}s on target {} — event store engine: {}",
@@ -126,9 +197,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("  {name:<16} pid {pid:<7} log {}", log.display());
             }
             eprintln!("Ctrl-C or SIGTERM stops everything.");
-            let signal = shutdown_signal().await?;
+            let signal = signals.next().await;
             eprintln!("{signal}: stopping the backbone");
             drop(backbone);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scenarios {
+            target,
+            names,
+            list,
+            mutations,
+            cases,
+            junit,
+        } => {
+            let options = suite::Options {
+                environment: target.environment,
+                target: target.target,
+                names,
+                mutations,
+                cases,
+                junit,
+            };
+            if list {
+                print!("{}", suite::list());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let handle = tokio::runtime::Handle::current();
+            let run = tokio::task::spawn_blocking(move || suite::run(&options, handle));
+            tokio::select! {
+                r = run => Ok(if r?? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+                s = signals.next() => { eprintln!("{s}: scenarios stopped"); Ok(ExitCode::from(130)) }
+            }
+        }
+        Command::Worker { environment } => {
+            let topology = load_topology(&environment)?;
+            let env = rig::environment::Environment::from_process_env(topology)?;
+            rig::worker::run_until(&env, async move { signals.next().await }).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { target, json } => {
@@ -148,8 +252,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .collect::<Vec<_>>()
                         .join(", "),
                 };
-                let validation =
-                    validate::run(&deployment.environment, vec![up], deployment.divergences.clone()).await;
+                let validation = validate::run(
+                    &deployment.environment,
+                    vec![up],
+                    deployment.divergences.clone(),
+                )
+                .await;
                 if !validation.passed() {
                     eprintln!("service logs (last lines):\n{}", backbone.log_tails(1500));
                 }
@@ -157,14 +265,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let validation = tokio::select! {
                 r = work => r?,
-                s = shutdown_signal() => { eprintln!("{}: validation stopped", s?); return Ok(ExitCode::from(130)); }
+                s = signals.next() => { eprintln!("{s}: validation stopped"); return Ok(ExitCode::from(130)); }
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&validation)?);
             } else {
                 print!("{}", validation.render());
             }
-            Ok(if validation.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if validation.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -63,7 +63,9 @@ impl Service {
                 }
                 // The parent may have died between fork and prctl.
                 if libc::getppid() == 1 {
-                    return Err(std::io::Error::other("the rig exited while starting a child"));
+                    return Err(std::io::Error::other(
+                        "the rig exited while starting a child",
+                    ));
                 }
                 Ok(())
             });

@@ -43,7 +43,9 @@ pub fn subscription_model(conn: &PubsubConnection, s: &Subscription) -> model::S
         sub = sub.set_dead_letter_policy(
             model::DeadLetterPolicy::new()
                 .set_dead_letter_topic(conn.topic_path(&dl.topic))
-                .set_max_delivery_attempts(i32::try_from(dl.max_delivery_attempts).unwrap_or(i32::MAX)),
+                .set_max_delivery_attempts(
+                    i32::try_from(dl.max_delivery_attempts).unwrap_or(i32::MAX),
+                ),
         );
     }
     if let Some(retry) = &s.retry {
@@ -64,7 +66,10 @@ fn wkt_duration(d: Duration) -> google_cloud_wkt::Duration {
 }
 
 /// Creates the topology's topics and subscriptions in `conn`'s project.
-pub async fn apply_pubsub(conn: &PubsubConnection, topology: &Topology) -> Result<(), ProvisionError> {
+pub async fn apply_pubsub(
+    conn: &PubsubConnection,
+    topology: &Topology,
+) -> Result<(), ProvisionError> {
     let topics = conn.topic_admin().await?;
     for topic in &topology.topics {
         let path = conn.topic_path(&topic.name);
@@ -113,7 +118,10 @@ pub async fn read_back_pubsub(
 }
 
 /// Field-by-field differences between the wanted and the actual subscription.
-pub fn subscription_differences(want: &model::Subscription, got: &model::Subscription) -> Vec<String> {
+pub fn subscription_differences(
+    want: &model::Subscription,
+    got: &model::Subscription,
+) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |field: &str, w: String, g: String| {
         if w != g {
@@ -131,7 +139,11 @@ pub fn subscription_differences(want: &model::Subscription, got: &model::Subscri
         want.ack_deadline_seconds.to_string(),
         got.ack_deadline_seconds.to_string(),
     );
-    check("filter", format!("{:?}", want.filter), format!("{:?}", got.filter));
+    check(
+        "filter",
+        format!("{:?}", want.filter),
+        format!("{:?}", got.filter),
+    );
     let dl = |s: &model::Subscription| {
         s.dead_letter_policy
             .as_ref()
@@ -181,7 +193,10 @@ pub async fn apply_bucket(
     compare(
         "uniform bucket-level access",
         format!("enabled={}", spec.uniform_bucket_level_access),
-        shown(kept.uniform_bucket_level_access.map(|v| format!("enabled={v}"))),
+        shown(
+            kept.uniform_bucket_level_access
+                .map(|v| format!("enabled={v}")),
+        ),
     );
     compare(
         "public access prevention",
@@ -190,8 +205,14 @@ pub async fn apply_bucket(
     );
     compare(
         "lifecycle delete rule",
-        shown(spec.delete_after_days.map(|d| format!("delete at {d} days"))),
-        shown(kept.delete_after_days.map(|d| format!("delete at {d} days"))),
+        shown(
+            spec.delete_after_days
+                .map(|d| format!("delete at {d} days")),
+        ),
+        shown(
+            kept.delete_after_days
+                .map(|d| format!("delete at {d} days")),
+        ),
     );
     Ok(divergences)
 }

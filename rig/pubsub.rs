@@ -7,7 +7,9 @@ use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, Topi
 
 #[derive(Debug, thiserror::Error)]
 pub enum PubsubError {
-    #[error("Pub/Sub credentials: {0}. For real GCP run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS")]
+    #[error(
+        "Pub/Sub credentials: {0}. For real GCP run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+    )]
     Credentials(String),
     #[error("Pub/Sub client for {endpoint}: {detail}")]
     Client { endpoint: String, detail: String },
@@ -28,9 +30,10 @@ impl PubsubConnection {
 
     /// `host:port`, as `PUBSUB_EMULATOR_HOST` expects.
     pub fn emulator_host(&self) -> Option<&str> {
-        self.endpoint
-            .as_deref()
-            .map(|e| e.trim_start_matches("http://").trim_start_matches("https://"))
+        self.endpoint.as_deref().map(|e| {
+            e.trim_start_matches("http://")
+                .trim_start_matches("https://")
+        })
     }
 
     pub fn topic_path(&self, topic: &str) -> String {
@@ -62,7 +65,8 @@ impl PubsubConnection {
     }
 
     pub async fn publisher(&self, topic: &str) -> Result<Publisher, PubsubError> {
-        let mut builder = Publisher::builder(self.topic_path(topic)).with_credentials(self.credentials()?);
+        let mut builder =
+            Publisher::builder(self.topic_path(topic)).with_credentials(self.credentials()?);
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint);
         }

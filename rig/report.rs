@@ -67,7 +67,9 @@ impl Table {
         };
         let mut out = line(&self.headers);
         out.push('\n');
-        out.push_str(&line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>()));
+        out.push_str(&line(
+            &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
+        ));
         for row in &self.rows {
             out.push('\n');
             out.push_str(&line(row));
@@ -125,7 +127,10 @@ pub fn junit(suite: &str, cases: &[JunitCase]) -> String {
         match case.outcome {
             Outcome::Pass => out.push_str("/>\n"),
             Outcome::Fail => {
-                let _ = writeln!(out, "><failure message=\"{message}\">{message}</failure></testcase>");
+                let _ = writeln!(
+                    out,
+                    "><failure message=\"{message}\">{message}</failure></testcase>"
+                );
             }
             Outcome::Divergence | Outcome::Skipped => {
                 let _ = writeln!(
@@ -167,9 +172,16 @@ mod tests {
         };
         let xml = junit(
             "s",
-            &[case("ok", Outcome::Pass), case("bad", Outcome::Fail), case("emu", Outcome::Divergence)],
+            &[
+                case("ok", Outcome::Pass),
+                case("bad", Outcome::Fail),
+                case("emu", Outcome::Divergence),
+            ],
         );
-        assert!(xml.contains("tests=\"3\" failures=\"1\" skipped=\"1\""), "{xml}");
+        assert!(
+            xml.contains("tests=\"3\" failures=\"1\" skipped=\"1\""),
+            "{xml}"
+        );
         assert!(xml.contains("a &lt; b &amp; &quot;c&quot;"), "{xml}");
         assert!(xml.contains("DIVERGENCE: "), "{xml}");
     }

@@ -70,10 +70,13 @@ impl StorageConnection {
         name: &str,
         spec: &Bucket,
     ) -> Result<BucketSettings, StorageError> {
-        let endpoint = self.endpoint.as_deref().ok_or_else(|| StorageError::Request {
-            endpoint: self.endpoint_name(),
-            detail: "buckets in GCP are created by Terraform, not by the rig".into(),
-        })?;
+        let endpoint = self
+            .endpoint
+            .as_deref()
+            .ok_or_else(|| StorageError::Request {
+                endpoint: self.endpoint_name(),
+                detail: "buckets in GCP are created by Terraform, not by the rig".into(),
+            })?;
         let mut body = serde_json::json!({
             "name": name,
             "iamConfiguration": {
@@ -91,15 +94,23 @@ impl StorageConnection {
             detail,
         };
         let response = http
-            .post(format!("{endpoint}/storage/v1/b?project={}", self.project_id))
+            .post(format!(
+                "{endpoint}/storage/v1/b?project={}",
+                self.project_id
+            ))
             .json(&body)
             .send()
             .await
             .map_err(|e| request_err(e.to_string()))?;
         let status = response.status();
-        let created: serde_json::Value = response.json().await.map_err(|e| request_err(e.to_string()))?;
+        let created: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| request_err(e.to_string()))?;
         if !status.is_success() && status.as_u16() != 409 {
-            return Err(request_err(format!("creating bucket {name}: HTTP {status}: {created}")));
+            return Err(request_err(format!(
+                "creating bucket {name}: HTTP {status}: {created}"
+            )));
         }
         self.bucket_settings(http, name).await
     }
@@ -110,7 +121,10 @@ impl StorageConnection {
         http: &reqwest::Client,
         name: &str,
     ) -> Result<BucketSettings, StorageError> {
-        let endpoint = self.endpoint.as_deref().unwrap_or("https://storage.googleapis.com");
+        let endpoint = self
+            .endpoint
+            .as_deref()
+            .unwrap_or("https://storage.googleapis.com");
         let request_err = |detail: String| StorageError::Request {
             endpoint: endpoint.to_string(),
             detail,
@@ -121,10 +135,63 @@ impl StorageConnection {
             .await
             .map_err(|e| request_err(e.to_string()))?;
         if !response.status().is_success() {
-            return Err(request_err(format!("reading bucket {name}: HTTP {}", response.status())));
+            return Err(request_err(format!(
+                "reading bucket {name}: HTTP {}",
+                response.status()
+            )));
         }
-        let bucket: serde_json::Value = response.json().await.map_err(|e| request_err(e.to_string()))?;
+        let bucket: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| request_err(e.to_string()))?;
         Ok(parse_bucket_settings(&bucket))
+    }
+}
+
+/// Percent-encodes an object name for a JSON API path (slashes included).
+fn encode_object_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl StorageConnection {
+    /// Deletes an object through the JSON API (the official crate deletes over gRPC, which
+    /// fake-gcs-server does not speak). Used by scenarios to play a lost claim-check object.
+    pub async fn delete_object(
+        &self,
+        http: &reqwest::Client,
+        bucket: &str,
+        object: &str,
+    ) -> Result<(), StorageError> {
+        let endpoint = self
+            .endpoint
+            .as_deref()
+            .unwrap_or("https://storage.googleapis.com");
+        let response = http
+            .delete(format!(
+                "{endpoint}/storage/v1/b/{bucket}/o/{}",
+                encode_object_name(object)
+            ))
+            .send()
+            .await
+            .map_err(|e| StorageError::Request {
+                endpoint: endpoint.to_string(),
+                detail: e.to_string(),
+            })?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(StorageError::Request {
+                endpoint: endpoint.to_string(),
+                detail: format!("deleting {object}: HTTP {}", response.status()),
+            })
+        }
     }
 }
 

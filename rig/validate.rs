@@ -50,9 +50,17 @@ impl Validation {
     pub fn render(&self) -> String {
         let mut table = Table::new(&["check", "result", "time", "detail"]);
         for c in &self.checks {
-            table.row(vec![c.name.clone(), c.outcome.label().into(), seconds(c.took), c.detail.clone()]);
+            table.row(vec![
+                c.name.clone(),
+                c.outcome.label().into(),
+                seconds(c.took),
+                c.detail.clone(),
+            ]);
         }
-        let mut out = format!("target: {}   event store engine: {}\n\n", self.target, self.engine);
+        let mut out = format!(
+            "target: {}   event store engine: {}\n\n",
+            self.target, self.engine
+        );
         out.push_str(&table.render());
         if !self.divergences.is_empty() {
             out.push_str("\nknown emulator divergences (not passes; prove these against GCP):\n");
@@ -60,12 +68,22 @@ impl Validation {
                 out.push_str(&format!("  - {d}\n"));
             }
         }
-        let failed = self.checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
+        let failed = self
+            .checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::Fail)
+            .count();
         out.push_str(&format!(
             "\n{} passed, {} failed, {} divergence(s)\n",
-            self.checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
+            self.checks
+                .iter()
+                .filter(|c| c.outcome == Outcome::Pass)
+                .count(),
             failed,
-            self.checks.iter().filter(|c| c.outcome == Outcome::Divergence).count()
+            self.checks
+                .iter()
+                .filter(|c| c.outcome == Outcome::Divergence)
+                .count()
         ));
         out
     }
@@ -162,7 +180,11 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
     } else {
         Err(anyhow!("not attempted: the probe was not published"))
     };
-    rec.record("read the probe from the validation subscription", t, received);
+    rec.record(
+        "read the probe from the validation subscription",
+        t,
+        received,
+    );
 
     let t = Instant::now();
     let filtered = if publish_ok {
@@ -177,7 +199,11 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
     rec.record("insert a dummy row via DB_EVENT_STORE_*", t, inserted);
 
     let t = Instant::now();
-    rec.record("the ledger refuses UPDATE and DELETE", t, ledger_is_append_only(env).await);
+    rec.record(
+        "the ledger refuses UPDATE and DELETE",
+        t,
+        ledger_is_append_only(env).await,
+    );
 
     let t = Instant::now();
     rec.record(
@@ -203,15 +229,20 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
 }
 
 fn probe_message(probe_attribute: Option<&str>, run_id: &str) -> anyhow::Result<Message> {
-    let attribute = probe_attribute
-        .ok_or_else(|| anyhow!("the Terraform declares no probe filter on a validation subscription"))?;
+    let attribute = probe_attribute.ok_or_else(|| {
+        anyhow!("the Terraform declares no probe filter on a validation subscription")
+    })?;
     Ok(Message::new()
         .set_data(serde_json::json!({ "probe": run_id }).to_string())
         .set_ordering_key(format!("probe-{run_id}"))
         .set_attributes([(attribute.to_string(), run_id.to_string())]))
 }
 
-async fn publish_probe(env: &Environment, probe_attribute: Option<&str>, run_id: &str) -> anyhow::Result<String> {
+async fn publish_probe(
+    env: &Environment,
+    probe_attribute: Option<&str>,
+    run_id: &str,
+) -> anyhow::Result<String> {
     let publisher = env.pubsub.publisher(&raw_topic(env)?).await?;
     let message = probe_message(probe_attribute, run_id)?;
     let id = tokio::time::timeout(PROBE_TIMEOUT, publisher.publish(message))
@@ -227,7 +258,11 @@ fn raw_topic(env: &Environment) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("the Terraform declares no validation subscription"))
 }
 
-async fn receive_probe(env: &Environment, probe_attribute: Option<&str>, run_id: &str) -> anyhow::Result<Verdict> {
+async fn receive_probe(
+    env: &Environment,
+    probe_attribute: Option<&str>,
+    run_id: &str,
+) -> anyhow::Result<Verdict> {
     let attribute = probe_attribute.unwrap_or_default();
     let subscription = env
         .topology
@@ -258,7 +293,8 @@ async fn receive_probe(env: &Environment, probe_attribute: Option<&str>, run_id:
             others += 1;
         }
         if is_ours {
-            let data: serde_json::Value = serde_json::from_slice(&message.data).context("probe payload")?;
+            let data: serde_json::Value =
+                serde_json::from_slice(&message.data).context("probe payload")?;
             if data["probe"] != run_id {
                 bail!("probe arrived with a different payload: {data}");
             }
@@ -270,7 +306,10 @@ async fn receive_probe(env: &Environment, probe_attribute: Option<&str>, run_id:
                 ))));
             }
             if others > 0 {
-                bail!("{others} non-probe message(s) reached {}: its filter is not applied", subscription.name);
+                bail!(
+                    "{others} non-probe message(s) reached {}: its filter is not applied",
+                    subscription.name
+                );
             }
             return Ok(Verdict::Pass(detail));
         }
@@ -282,7 +321,8 @@ fn filter_divergence(observed: String) -> Divergence {
         service: "pubsub-emulator".into(),
         feature: "subscription filter".into(),
         observed,
-        real_service: "delivers only matching messages and acknowledges the rest automatically".into(),
+        real_service: "delivers only matching messages and acknowledges the rest automatically"
+            .into(),
     }
 }
 
@@ -307,10 +347,15 @@ async fn probe_kept_from_worker(
     }
     let attribute = probe_attribute.unwrap_or_default();
     let subscriber = env.pubsub.subscriber().await?;
-    let mut stream = subscriber.subscribe(env.pubsub.subscription_path(&worker.name)).build();
+    let mut stream = subscriber
+        .subscribe(env.pubsub.subscription_path(&worker.name))
+        .build();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while let Ok(Some(next)) =
-        tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stream.next()).await
+    while let Ok(Some(next)) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        stream.next(),
+    )
+    .await
     {
         let (message, handler) = next.context("streaming pull")?;
         if message.attributes.contains_key(attribute) {
@@ -327,13 +372,21 @@ async fn probe_kept_from_worker(
             handler.nack();
         }
     }
-    Ok(Verdict::Pass(format!("no probe on {} within 3s", worker.name)))
+    Ok(Verdict::Pass(format!(
+        "no probe on {} within 3s",
+        worker.name
+    )))
 }
 
 async fn insert_dummy_row(env: &Environment, run_id: &str) -> anyhow::Result<Verdict> {
     let store = EventStore::connect(&env.event_store, 2)
         .await
-        .with_context(|| format!("connecting as {} to {}", env.event_store.username, env.event_store.database))?;
+        .with_context(|| {
+            format!(
+                "connecting as {} to {}",
+                env.event_store.username, env.event_store.database
+            )
+        })?;
     let event = NewEvent {
         account_id: "backbone-validation".into(),
         event_id: uuid::Uuid::new_v4(),
@@ -368,12 +421,20 @@ async fn ledger_is_append_only(env: &Environment) -> anyhow::Result<Verdict> {
         "DELETE FROM event_store",
     ] {
         match sqlx::query(sql).execute(&mut conn).await {
-            Ok(done) => bail!("`{sql}` was allowed for {} ({} rows)", env.event_store.username, done.rows_affected()),
-            Err(e) => refused.push(mysql_error_number(&e).map_or_else(|| e.to_string(), |n| n.to_string())),
+            Ok(done) => bail!(
+                "`{sql}` was allowed for {} ({} rows)",
+                env.event_store.username,
+                done.rows_affected()
+            ),
+            Err(e) => refused
+                .push(mysql_error_number(&e).map_or_else(|| e.to_string(), |n| n.to_string())),
         }
     }
     conn.close().await?;
-    Ok(Verdict::Pass(format!("refused with errors {}", refused.join(", "))))
+    Ok(Verdict::Pass(format!(
+        "refused with errors {}",
+        refused.join(", ")
+    )))
 }
 
 async fn worker_refused_on_primary(env: &Environment) -> anyhow::Result<Verdict> {
@@ -385,7 +446,11 @@ async fn worker_refused_on_primary(env: &Environment) -> anyhow::Result<Verdict>
     match worker_on_primary.connect_options().connect().await {
         Ok(conn) => {
             let _ = conn.close().await;
-            bail!("{} could connect to the primary database {}", env.event_store.username, env.primary.database)
+            bail!(
+                "{} could connect to the primary database {}",
+                env.event_store.username,
+                env.primary.database
+            )
         }
         Err(e) => Ok(Verdict::Pass(format!(
             "refused ({})",
@@ -405,10 +470,18 @@ struct PrimarySnapshot {
 impl PrimarySnapshot {
     fn unchanged_to(&self, after: &PrimarySnapshot) -> anyhow::Result<Verdict> {
         if after.uptime < self.uptime {
-            bail!("the primary server restarted (uptime {}s, was {}s)", after.uptime, self.uptime);
+            bail!(
+                "the primary server restarted (uptime {}s, was {}s)",
+                after.uptime,
+                self.uptime
+            );
         }
         if self.tables != after.tables {
-            bail!("the primary's tables changed: before {:?}, after {:?}", self.tables, after.tables);
+            bail!(
+                "the primary's tables changed: before {:?}, after {:?}",
+                self.tables,
+                after.tables
+            );
         }
         Ok(Verdict::Pass(format!(
             "{} table checksum(s) identical; up {}s without restart",

@@ -10,18 +10,22 @@
 //!   claim object, a conflicting event_id) is never stored: the worker publishes it to
 //!   `events.dlq` with a `dead_letter_reason` and acks it;
 //! - per-key order is kept by the worker too: once a key's message fails, later messages of
-//!   that key are held (their leases kept) until it is stored or given up to the dead-letter
-//!   policy, because Pub/Sub may deliver them before the failed message's redelivery;
+//!   that key are nacked until it is stored or given up to the dead-letter policy, because
+//!   Pub/Sub may deliver them before the failed message's redelivery. Each such nack counts as
+//!   a delivery attempt of the later message: on an ordered, dead-lettering subscription a key
+//!   that fails 5 times in a row can push a healthy message to the dead-letter topic;
 //! - messages carrying the probe attribute are dropped: on the real service the subscription
 //!   filter keeps them away, the emulator does not apply filters.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_storage::client::Storage;
 use tokio::sync::mpsc;
@@ -43,6 +47,12 @@ pub struct WorkerOptions {
     pub max_delivery_attempts: Option<u32>,
     /// Connections to the event store.
     pub connections: u32,
+    /// How long a key stays blocked behind a failed message that does not come back (it may
+    /// have gone to another worker): the retry policy's longest backoff plus a margin.
+    pub block_timeout: Duration,
+    /// Check claim-checked payloads against their size and SHA-256. Only the scenarios'
+    /// mutation test turns this off, to show the oversized-payload scenario catches it.
+    pub verify_claims: bool,
 }
 
 impl WorkerOptions {
@@ -56,10 +66,12 @@ impl WorkerOptions {
         let subscription = topology
             .worker_subscription(&raw)
             .with_context(|| format!("the Terraform declares no worker subscription on {raw}"))?;
-        let dead_letter = subscription
-            .dead_letter
-            .clone()
-            .with_context(|| format!("{} has no dead-letter policy in the Terraform", subscription.name))?;
+        let dead_letter = subscription.dead_letter.clone().with_context(|| {
+            format!(
+                "{} has no dead-letter policy in the Terraform",
+                subscription.name
+            )
+        })?;
         let merged_topic = topology
             .topics
             .iter()
@@ -73,6 +85,12 @@ impl WorkerOptions {
             probe_attribute: topology.probe_attribute(),
             max_delivery_attempts: Some(dead_letter.max_delivery_attempts),
             connections: 4,
+            block_timeout: subscription
+                .retry
+                .as_ref()
+                .map_or(Duration::from_secs(600), |r| r.maximum_backoff)
+                + Duration::from_secs(5),
+            verify_claims: true,
         })
     }
 }
@@ -107,19 +125,20 @@ pub struct WorkerStats {
     pub dead_lettered: AtomicU64,
     pub probes_dropped: AtomicU64,
     pub nacked: AtomicU64,
-    pub held: AtomicU64,
+    /// Later messages of a blocked key, nacked to come back after the failed one.
+    pub deferred: AtomicU64,
 }
 
 impl WorkerStats {
     pub fn summary(&self) -> String {
         format!(
-            "stored {}, already stored {}, dead-lettered {}, probes dropped {}, nacked {}, held {}",
+            "stored {}, already stored {}, dead-lettered {}, probes dropped {}, nacked {}, deferred {}",
             self.stored.load(Ordering::Relaxed),
             self.already_stored.load(Ordering::Relaxed),
             self.dead_lettered.load(Ordering::Relaxed),
             self.probes_dropped.load(Ordering::Relaxed),
             self.nacked.load(Ordering::Relaxed),
-            self.held.load(Ordering::Relaxed),
+            self.deferred.load(Ordering::Relaxed),
         )
     }
 }
@@ -150,10 +169,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn connect(env: &Environment, options: WorkerOptions, faults: Arc<dyn Faults>) -> anyhow::Result<Self> {
+    pub async fn connect(
+        env: &Environment,
+        options: WorkerOptions,
+        faults: Arc<dyn Faults>,
+    ) -> anyhow::Result<Self> {
         let store = EventStore::connect(&env.event_store, options.connections)
             .await
-            .with_context(|| format!("connecting to the event store as {}", env.event_store.username))?;
+            .with_context(|| {
+                format!(
+                    "connecting to the event store as {}",
+                    env.event_store.username
+                )
+            })?;
         let core = Core {
             store,
             storage: env.storage.client().await?,
@@ -176,14 +204,22 @@ impl Worker {
     }
 
     /// Pulls until `shutdown` turns true (then finishes what is in hand and nacks what is
-    /// held), or until the stream fails (the error is returned: callers decide to restart).
-    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Arc<WorkerStats>> {
+    /// queued), or until the stream fails (the error is returned: callers decide to restart).
+    pub async fn run(
+        self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<Arc<WorkerStats>> {
         let subscriber = self.env.pubsub.subscriber().await?;
-        let path = self.env.pubsub.subscription_path(&self.core.options.subscription);
+        let path = self
+            .env
+            .pubsub
+            .subscription_path(&self.core.options.subscription);
         let mut stream = subscriber
             .subscribe(path.clone())
             .set_max_outstanding_messages(20_000i64)
+            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
             .build();
+        let shutdown_token = stream.shutdown_token();
         let mut keys: HashMap<String, mpsc::UnboundedSender<(Message, Handler)>> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         let result = loop {
@@ -196,13 +232,18 @@ impl Worker {
             };
             let (message, handler) = match next {
                 None => break Err(anyhow::anyhow!("the stream on {path} ended")),
-                Some(Err(e)) => break Err(anyhow::Error::new(e).context(format!("streaming pull on {path}"))),
+                Some(Err(e)) => {
+                    break Err(anyhow::Error::new(e).context(format!("streaming pull on {path}")));
+                }
                 Some(Ok(delivery)) => delivery,
             };
             if let Some(attr) = &self.core.options.probe_attribute
                 && message.attributes.contains_key(attr)
             {
-                self.core.stats.probes_dropped.fetch_add(1, Ordering::Relaxed);
+                self.core
+                    .stats
+                    .probes_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 handler.ack();
                 continue;
             }
@@ -223,13 +264,25 @@ impl Worker {
         self.core.stopping.store(true, Ordering::SeqCst);
         drop(keys);
         while tasks.join_next().await.is_some() {}
+        // Every handle is consumed by now; this waits for their acks and nacks to reach the
+        // service. Dropping the stream instead could lose them, and the messages would stay
+        // leased until their ack deadline.
+        if tokio::time::timeout(Duration::from_secs(10), shutdown_token.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("pending acks/nacks on {path} were not confirmed within 10s");
+        }
         result.map(|()| self.core.stats.clone())
     }
 }
 
 impl Core {
     async fn deliver(self: Arc<Self>, message: Message, handler: Handler) {
-        let attempt = handler.delivery_attempt().and_then(|a| u32::try_from(a).ok()).unwrap_or(1);
+        let attempt = handler
+            .delivery_attempt()
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(1);
         match self.process(&message, attempt).await {
             Disposition::Ack => handler.ack(),
             Disposition::Nack => {
@@ -239,45 +292,62 @@ impl Core {
         }
     }
 
-    /// One ordering key's messages, strictly one after another.
+    /// One ordering key's messages, strictly one after another. Once a message fails, the
+    /// key is blocked: later messages of the key are nacked (not stored) until the failed one
+    /// comes back and is stored, or has had its last attempt. Holding them instead would
+    /// deadlock: an ordered subscription does not redeliver the failed message while later
+    /// messages of its key are outstanding.
     async fn key_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(Message, Handler)>) {
-        let mut blocked_by: Option<String> = None;
-        let mut held: VecDeque<(Message, Handler)> = VecDeque::new();
-        while let Some(delivery) = rx.recv().await {
+        let mut blocked: Option<(String, Instant)> = None;
+        while let Some((message, handler)) = rx.recv().await {
             if self.stopping.load(Ordering::SeqCst) {
-                drop(delivery); // dropping a handler nacks it
+                drop(handler); // dropping a handler nacks it
                 continue;
             }
-            if blocked_by.as_ref().is_some_and(|b| *b != delivery.0.message_id) {
-                self.stats.held.fetch_add(1, Ordering::Relaxed);
-                held.push_back(delivery);
+            // Another worker may have taken over the failed message; don't wait forever.
+            if blocked
+                .as_ref()
+                .is_some_and(|(_, since)| since.elapsed() > self.options.block_timeout)
+            {
+                blocked = None;
+            }
+            if let Some((blocker, _)) = &blocked
+                && *blocker != message.message_id
+            {
+                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(key = %message.ordering_key, message_id = %message.message_id, "deferred behind a failed message");
+                handler.nack();
                 continue;
             }
-            let mut next = Some(delivery);
-            while let Some((message, handler)) = next.take() {
-                let attempt = handler.delivery_attempt().and_then(|a| u32::try_from(a).ok()).unwrap_or(1);
-                match self.process(&message, attempt).await {
-                    Disposition::Ack => {
-                        handler.ack();
-                        if blocked_by.as_ref() == Some(&message.message_id) {
-                            blocked_by = None;
-                        }
-                    }
-                    Disposition::Nack => {
-                        self.stats.nacked.fetch_add(1, Ordering::Relaxed);
-                        handler.nack();
-                        let last_attempt = self.options.max_delivery_attempts.is_some_and(|max| attempt >= max);
-                        // After its last attempt the service dead-letters it: the key moves on.
-                        blocked_by = (!last_attempt).then(|| message.message_id.clone());
-                    }
+            let attempt = handler
+                .delivery_attempt()
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(1);
+            let disposition = self.process(&message, attempt).await;
+            tracing::debug!(
+                key = %message.ordering_key,
+                message_id = %message.message_id,
+                attempt,
+                ack = matches!(disposition, Disposition::Ack),
+                "delivery"
+            );
+            match disposition {
+                Disposition::Ack => {
+                    handler.ack();
+                    blocked = None;
                 }
-                if blocked_by.is_none() && !self.stopping.load(Ordering::SeqCst) {
-                    next = held.pop_front();
+                Disposition::Nack => {
+                    self.stats.nacked.fetch_add(1, Ordering::Relaxed);
+                    handler.nack();
+                    let last_attempt = self
+                        .options
+                        .max_delivery_attempts
+                        .is_some_and(|max| attempt >= max);
+                    // After its last attempt the service dead-letters it: the key moves on.
+                    blocked = (!last_attempt).then(|| (message.message_id.clone(), Instant::now()));
                 }
             }
         }
-        // Whatever is still held is released for redelivery (dropping nacks).
-        drop(held);
     }
 
     async fn process(&self, message: &Message, attempt: u32) -> Disposition {
@@ -287,14 +357,18 @@ impl Core {
         };
         let payload = match &envelope.payload {
             PayloadSource::Inline(p) => p.clone(),
-            PayloadSource::Claim(claim) => match claim_check::fetch(&self.storage, claim).await {
-                Ok(p) => p,
-                Err(ClaimError::Rejected(reason)) => return self.dead_letter(message, &reason).await,
-                Err(ClaimError::Transient(e)) => {
-                    tracing::warn!(event_id = %envelope.event_id, "claim check: {e}");
-                    return Disposition::Nack;
+            PayloadSource::Claim(claim) => {
+                match claim_check::fetch(&self.storage, claim, self.options.verify_claims).await {
+                    Ok(p) => p,
+                    Err(ClaimError::Rejected(reason)) => {
+                        return self.dead_letter(message, &reason).await;
+                    }
+                    Err(ClaimError::Transient(e)) => {
+                        tracing::warn!(event_id = %envelope.event_id, "claim check: {e}");
+                        return Disposition::Nack;
+                    }
                 }
-            },
+            }
         };
         let event = envelope.into_event(payload);
         if let Err(invalid) = event.validate() {
@@ -346,10 +420,21 @@ impl Core {
     /// succeeded, so nothing is lost if the dead-letter topic is unavailable.
     async fn dead_letter(&self, message: &Message, reason: &str) -> Disposition {
         let mut attributes = message.attributes.clone();
-        attributes.insert(envelope::DEAD_LETTER_REASON.into(), reason.chars().take(1000).collect());
-        attributes.insert("dead_letter_source_subscription".into(), self.options.subscription.clone());
-        attributes.insert("dead_letter_source_message_id".into(), message.message_id.clone());
-        let dead = Message::new().set_data(message.data.clone()).set_attributes(attributes);
+        attributes.insert(
+            envelope::DEAD_LETTER_REASON.into(),
+            reason.chars().take(1000).collect(),
+        );
+        attributes.insert(
+            "dead_letter_source_subscription".into(),
+            self.options.subscription.clone(),
+        );
+        attributes.insert(
+            "dead_letter_source_message_id".into(),
+            message.message_id.clone(),
+        );
+        let dead = Message::new()
+            .set_data(message.data.clone())
+            .set_attributes(attributes);
         match self.dead_letters.publish(dead).await {
             Ok(_) => {
                 tracing::info!(message_id = %message.message_id, "dead-lettered: {reason}");
@@ -362,4 +447,55 @@ impl Core {
             }
         }
     }
+}
+
+/// Runs the worker until `stop` resolves, restarting it (with backoff) when its stream fails,
+/// and logging progress every 10 seconds.
+pub async fn run_until(
+    env: &Environment,
+    stop: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
+    let options = WorkerOptions::from_environment(env)?;
+    tracing::info!(
+        subscription = %options.subscription,
+        merged = %options.merged_topic,
+        dead_letters = %options.dead_letter_topic,
+        "worker starting on project {}",
+        env.pubsub.project_id
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let env = env.clone();
+    let supervisor = tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if *stop_rx.borrow() {
+                return Ok::<_, anyhow::Error>(());
+            }
+            let worker = Worker::connect(&env, options.clone(), Arc::new(NoFaults)).await?;
+            let stats = worker.stats();
+            let progress = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    tracing::info!("{}", stats.summary());
+                }
+            });
+            let result = worker.run(stop_rx.clone()).await;
+            progress.abort();
+            match result {
+                Ok(stats) => {
+                    tracing::info!("worker stopped: {}", stats.summary());
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}; restarting in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+    let signal = stop.await;
+    tracing::info!("{signal}: finishing in-hand messages");
+    let _ = stop_tx.send(true);
+    supervisor.await?
 }

@@ -14,7 +14,9 @@ pub const PRIMARY_PREFIX: &str = "DB_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0} is not set: export it (see laravel/.env.example), or run `eval \"$(rig up)\"` for a local backbone")]
+    #[error(
+        "{0} is not set: export it (see laravel/.env.example), or for a local backbone run `rig up --env-file backbone.env` and `source backbone.env` in another shell"
+    )]
     Missing(String),
     #[error("{var}={value:?} is not valid: {reason}")]
     Invalid {
@@ -170,10 +172,8 @@ mod tests {
     fn missing_and_invalid_variables_are_named() {
         let err = DbConfig::from_lookup("DB_", |_| None).unwrap_err();
         assert!(err.to_string().contains("DB_HOST is not set"), "{err}");
-        let err = DbConfig::from_lookup("DB_", |k| {
-            (k == "DB_PORT").then(|| "thirty".to_string())
-        })
-        .unwrap_err();
+        let err = DbConfig::from_lookup("DB_", |k| (k == "DB_PORT").then(|| "thirty".to_string()))
+            .unwrap_err();
         assert!(err.to_string().contains("DB_PORT"), "{err}");
         let err = DbConfig::from_lookup("DB_", |k| {
             (k == "DB_CONNECTION").then(|| "pgsql".to_string())

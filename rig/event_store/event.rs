@@ -73,7 +73,12 @@ impl NewEvent {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.payload) {
             return Err(invalid(format!("payload is not valid JSON: {e}")));
         }
-        let year = self.created_at.format("%Y").to_string().parse::<i32>().unwrap_or(0);
+        let year = self
+            .created_at
+            .format("%Y")
+            .to_string()
+            .parse::<i32>()
+            .unwrap_or(0);
         if !(1970..=TIMESTAMP_MAX_YEAR).contains(&year) {
             return Err(invalid(format!(
                 "created_at {} is outside the TIMESTAMP range (1970–2038)",
@@ -160,29 +165,73 @@ mod tests {
     #[test]
     fn refuses_what_the_database_would_truncate_or_reject() {
         let cases: Vec<(NewEvent, &str)> = vec![
-            (NewEvent { account_id: "x".repeat(256), ..event() }, "account_id is 256 characters"),
-            (NewEvent { aggregate_id: " ".into(), ..event() }, "aggregate_id is empty"),
-            (NewEvent { payload: "{not json".into(), ..event() }, "payload is not valid JSON"),
-            (NewEvent { event_id: Uuid::nil(), ..event() }, "nil UUID"),
             (
-                NewEvent { created_at: DateTime::from_timestamp(4_000_000_000, 0).unwrap(), ..event() },
+                NewEvent {
+                    account_id: "x".repeat(256),
+                    ..event()
+                },
+                "account_id is 256 characters",
+            ),
+            (
+                NewEvent {
+                    aggregate_id: " ".into(),
+                    ..event()
+                },
+                "aggregate_id is empty",
+            ),
+            (
+                NewEvent {
+                    payload: "{not json".into(),
+                    ..event()
+                },
+                "payload is not valid JSON",
+            ),
+            (
+                NewEvent {
+                    event_id: Uuid::nil(),
+                    ..event()
+                },
+                "nil UUID",
+            ),
+            (
+                NewEvent {
+                    created_at: DateTime::from_timestamp(4_000_000_000, 0).unwrap(),
+                    ..event()
+                },
                 "TIMESTAMP range",
             ),
         ];
         for (bad, expected) in cases {
             let err = bad.validate().unwrap_err();
-            assert!(err.reason.contains(expected), "{err} should mention {expected}");
+            assert!(
+                err.reason.contains(expected),
+                "{err} should mention {expected}"
+            );
         }
         // 255 multi-byte characters fit: the limit is characters, not bytes.
-        assert!(NewEvent { aggregate_type: "é".repeat(255), ..event() }.validate().is_ok());
+        assert!(
+            NewEvent {
+                aggregate_type: "é".repeat(255),
+                ..event()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     #[test]
     fn payloads_compare_as_json_values() {
         let a = event();
-        let b = NewEvent { payload: r#"{"b":[true],"a":1}"#.into(), ..a.clone() };
+        let b = NewEvent {
+            payload: r#"{"b":[true],"a":1}"#.into(),
+            ..a.clone()
+        };
         assert_eq!(a.differences(&b), None);
-        let c = NewEvent { payload: r#"{"a":2,"b":[true]}"#.into(), aggregate_id: "SO-2".into(), ..a.clone() };
+        let c = NewEvent {
+            payload: r#"{"a":2,"b":[true]}"#.into(),
+            aggregate_id: "SO-2".into(),
+            ..a.clone()
+        };
         assert_eq!(a.differences(&c).as_deref(), Some("aggregate_id, payload"));
     }
 }

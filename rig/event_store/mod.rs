@@ -180,7 +180,8 @@ impl EventStore {
                     return Ok(());
                 }
                 Err(e) if mysql_error_number(&e) == Some(DUPLICATE_KEY) => {
-                    let ids: Vec<uuid::Uuid> = remaining.iter().map(|&i| events[i].event_id).collect();
+                    let ids: Vec<uuid::Uuid> =
+                        remaining.iter().map(|&i| events[i].event_id).collect();
                     let existing = self.find(&ids).await?;
                     remaining.retain(|&i| match existing.get(&events[i].event_id) {
                         Some(stored) => {

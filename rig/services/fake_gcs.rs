@@ -56,15 +56,25 @@ pub async fn start(
     let port = free_port().map_err(spawn_err)?;
     let mut command = Command::new(binary);
     command
-        .args(["-scheme", "http", "-host", "127.0.0.1", "-backend", "memory"])
+        .args([
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-backend",
+            "memory",
+        ])
         .arg("-port")
         .arg(port.to_string())
         .arg("-public-host")
         .arg(format!("127.0.0.1:{port}"))
         .current_dir(dir);
-    let mut service =
-        Service::spawn("fake-gcs-server", command, &dir.join("fake-gcs-server.log")).map_err(spawn_err)?;
+    let mut service = Service::spawn("fake-gcs-server", command, &dir.join("fake-gcs-server.log"))
+        .map_err(spawn_err)?;
     let url = format!("http://127.0.0.1:{port}/storage/v1/b");
-    wait_until_ready(&mut service, Duration::from_secs(30), || http_ok(http, &url)).await?;
+    wait_until_ready(&mut service, Duration::from_secs(30), || {
+        http_ok(http, &url)
+    })
+    .await?;
     Ok((service, port))
 }

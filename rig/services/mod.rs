@@ -14,10 +14,7 @@ use crate::process::Service;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{what} not found: {how_to_get_it}")]
-    Missing {
-        what: String,
-        how_to_get_it: String,
-    },
+    Missing { what: String, how_to_get_it: String },
     #[error("{service} exited during start-up ({status}); last lines of {log}:\n{tail}")]
     Exited {
         service: String,
@@ -25,7 +22,9 @@ pub enum ServiceError {
         log: String,
         tail: String,
     },
-    #[error("{service} did not answer within {waited:?} (last error: {last_error}); last lines of {log}:\n{tail}")]
+    #[error(
+        "{service} did not answer within {waited:?} (last error: {last_error}); last lines of {log}:\n{tail}"
+    )]
     NotReady {
         service: String,
         waited: Duration,

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sqlx::{ConnectOptions, Connection};
 use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 
 use super::{ServiceError, find_binary, free_port, wait_until_ready};
 use crate::process::Service;
@@ -93,7 +93,13 @@ impl Engine {
         let safe_version: String = self
             .version
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let template = std::env::temp_dir().join(format!("backbone-rig-datadir-{safe_version}"));
         // One template build per process at a time; other processes race safely through the
@@ -184,7 +190,10 @@ pub async fn start(engine: &Engine, name: &str, dir: &Path) -> Result<MysqlServe
         .arg("--user=root")
         .arg(format!("--datadir={}", datadir.display()))
         .arg(format!("--socket={}", socket.display()))
-        .arg(format!("--pid-file={}", dir.join(format!("{name}.pid")).display()))
+        .arg(format!(
+            "--pid-file={}",
+            dir.join(format!("{name}.pid")).display()
+        ))
         .arg(format!("--port={port}"))
         .args([
             "--bind-address=127.0.0.1",

@@ -82,15 +82,22 @@ pub async fn start(
     // C1 only and a serial GC: the emulator's start-up dominates `rig up`, and its steady-state
     // speed is bounded by the clients on this kind of machine anyway.
     command
-        .args(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto"])
+        .args([
+            "-XX:TieredStopAtLevel=1",
+            "-XX:+UseSerialGC",
+            "-Xshare:auto",
+        ])
         .arg("-jar")
         .arg(jar)
         .arg("--host=127.0.0.1")
         .arg(format!("--port={port}"))
         .current_dir(dir);
-    let mut service =
-        Service::spawn("pubsub-emulator", command, &dir.join("pubsub-emulator.log")).map_err(spawn_err)?;
+    let mut service = Service::spawn("pubsub-emulator", command, &dir.join("pubsub-emulator.log"))
+        .map_err(spawn_err)?;
     let url = format!("http://127.0.0.1:{port}/v1/projects/rig-readiness/topics");
-    wait_until_ready(&mut service, Duration::from_secs(90), || http_ok(http, &url)).await?;
+    wait_until_ready(&mut service, Duration::from_secs(90), || {
+        http_ok(http, &url)
+    })
+    .await?;
     Ok((service, port))
 }

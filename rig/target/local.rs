@@ -7,7 +7,7 @@ use sqlx::{ConnectOptions, Connection, Executor};
 
 use super::{Deployment, db_suffix, dns_suffix};
 use crate::environment::Environment;
-use crate::event_store::{DbConfig, MIGRATOR, trusted_sql};
+use crate::event_store::{DbConfig, trusted_sql};
 use crate::process::Service;
 use crate::provision;
 use crate::pubsub::PubsubConnection;
@@ -122,7 +122,12 @@ impl LocalBackbone {
         Ok(Self {
             event_store_admin: admin_config(event_store.port),
             primary_admin: admin_config(primary.port),
-            services: vec![pubsub_service, storage_service, event_store.service, primary.service],
+            services: vec![
+                pubsub_service,
+                storage_service,
+                event_store.service,
+                primary.service,
+            ],
             http,
             pubsub_port,
             storage_port,
@@ -144,7 +149,14 @@ impl LocalBackbone {
     pub(super) fn log_tails(&self, max_bytes: u64) -> String {
         self.services
             .iter()
-            .map(|s| format!("--- {} ({}) ---\n{}", s.name(), s.log_path().display(), s.log_tail(max_bytes)))
+            .map(|s| {
+                format!(
+                    "--- {} ({}) ---\n{}",
+                    s.name(),
+                    s.log_path().display(),
+                    s.log_tail(max_bytes)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -153,7 +165,12 @@ impl LocalBackbone {
         self.dir.path()
     }
 
-    pub(super) async fn deploy(&self, scope: &str, topology: &Topology) -> anyhow::Result<Deployment> {
+    pub(super) async fn deploy(
+        &self,
+        scope: &str,
+        topology: &Topology,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> anyhow::Result<Deployment> {
         let started = Instant::now();
         let default_scope = scope.is_empty() || scope == "default";
         let (project_id, events_db, primary_db, bucket) = if default_scope {
@@ -197,7 +214,7 @@ impl LocalBackbone {
             async {
                 create_database(&self.event_store_admin, &events_db, None).await?;
                 let pool = event_store_admin.pool(1).await?;
-                MIGRATOR
+                migrator
                     .run(&pool)
                     .await
                     .with_context(|| format!("applying migrations/ to {events_db}"))?;
@@ -211,7 +228,11 @@ impl LocalBackbone {
         )?;
         let environment = Environment {
             target: TargetKind::Local,
-            scope: if default_scope { "default".into() } else { scope.to_string() },
+            scope: if default_scope {
+                "default".into()
+            } else {
+                scope.to_string()
+            },
             topology: topology.clone(),
             pubsub,
             storage,
@@ -238,20 +259,27 @@ impl LocalBackbone {
     }
 }
 
-async fn create_database(admin: &DbConfig, database: &str, owner: Option<&str>) -> anyhow::Result<()> {
-    let mut conn = admin
-        .connect_options()
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}:{} as {}", admin.host, admin.port, admin.username))?;
+async fn create_database(
+    admin: &DbConfig,
+    database: &str,
+    owner: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut conn = admin.connect_options().connect().await.with_context(|| {
+        format!(
+            "connecting to {}:{} as {}",
+            admin.host, admin.port, admin.username
+        )
+    })?;
     conn.execute(trusted_sql(format!(
         "CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
     )))
     .await
     .with_context(|| format!("creating database {database}"))?;
     if let Some(owner) = owner {
-        conn.execute(trusted_sql(format!("GRANT ALL PRIVILEGES ON `{database}`.* TO '{owner}'@'%'")))
-            .await?;
+        conn.execute(trusted_sql(format!(
+            "GRANT ALL PRIVILEGES ON `{database}`.* TO '{owner}'@'%'"
+        )))
+        .await?;
     }
     conn.close().await?;
     Ok(())

@@ -15,12 +15,16 @@ use crate::topology::Topology;
 pub enum TargetKind {
     /// Emulators and a MySQL-compatible server as local processes (no Docker, no GCP account).
     Local,
+    /// Whatever the process environment points at (`rig up`'s variables, or real GCP with
+    /// Application Default Credentials): the rig starts nothing.
+    FromEnvironment,
 }
 
 impl fmt::Display for TargetKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TargetKind::Local => "local",
+            TargetKind::FromEnvironment => "environment variables",
         })
     }
 }
@@ -47,6 +51,9 @@ impl Backbone {
     pub async fn start(kind: TargetKind) -> anyhow::Result<Self> {
         match kind {
             TargetKind::Local => Ok(Backbone::Local(LocalBackbone::start().await?)),
+            TargetKind::FromEnvironment => anyhow::bail!(
+                "a backbone described by environment variables is not started by the rig; `rig worker` uses it"
+            ),
         }
     }
 
@@ -59,8 +66,20 @@ impl Backbone {
     /// Provisions `topology` under `scope` (its own project, databases and bucket) and returns
     /// the endpoints and credentials to reach it.
     pub async fn deploy(&self, scope: &str, topology: &Topology) -> anyhow::Result<Deployment> {
+        self.deploy_with(scope, topology, &crate::event_store::MIGRATOR)
+            .await
+    }
+
+    /// [`Backbone::deploy`] with other migrations (the scenarios' mutation tests use a broken
+    /// copy of `migrations/` this way).
+    pub async fn deploy_with(
+        &self,
+        scope: &str,
+        topology: &Topology,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> anyhow::Result<Deployment> {
         match self {
-            Backbone::Local(local) => local.deploy(scope, topology).await,
+            Backbone::Local(local) => local.deploy(scope, topology, migrator).await,
         }
     }
 
@@ -98,7 +117,13 @@ pub struct Deployment {
 pub(crate) fn db_suffix(scope: &str) -> String {
     scope
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -106,6 +131,12 @@ pub(crate) fn db_suffix(scope: &str) -> String {
 pub(crate) fn dns_suffix(scope: &str) -> String {
     scope
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }

@@ -8,4 +8,6 @@ module "backbone" {
   existing_peering_ranges   = var.existing_peering_ranges
   sql_tier                  = var.sql_tier
   sql_backup_retained_count = var.sql_backup_retained_count
+  retry_minimum_backoff     = var.retry_minimum_backoff
+  retry_maximum_backoff     = var.retry_maximum_backoff
 }

@@ -12,3 +12,9 @@ existing_peering_ranges = ["suitex-dev-private-services"]
 
 sql_tier                  = "db-custom-1-3840"
 sql_backup_retained_count = 7
+
+# dev redelivers quickly so that a failing event reaches events.dlq in seconds, not minutes:
+# developers and the rig's local scenarios see the whole dead-letter path fast.
+# staging and prod keep the module defaults (10s .. 600s).
+retry_minimum_backoff = "1s"
+retry_maximum_backoff = "10s"

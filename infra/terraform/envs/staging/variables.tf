@@ -40,3 +40,15 @@ variable "sql_backup_retained_count" {
   description = "Number of daily automated backups kept."
   type        = number
 }
+
+variable "retry_minimum_backoff" {
+  description = "Shortest wait before a nacked message is redelivered (dev keeps it short for fast feedback)."
+  type        = string
+  default     = "10s"
+}
+
+variable "retry_maximum_backoff" {
+  description = "Longest wait before a nacked message is redelivered."
+  type        = string
+  default     = "600s"
+}

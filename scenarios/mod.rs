@@ -1,0 +1,319 @@
+//! Property-based scenarios: each states one guarantee of the backbone as an invariant and
+//! checks it over generated inputs against a deployed environment. They see only endpoints and
+//! credentials (an [`Environment`]), so the same code runs against any target.
+//!
+//! Each case deploys its own scope (Pub/Sub project, databases, bucket) on the shared
+//! backbone, so scenarios and cases are isolated from each other whatever the order.
+
+pub mod dead_letter;
+pub mod fixtures;
+pub mod isolation;
+pub mod mutations;
+pub mod ordering;
+pub mod oversized;
+pub mod suite;
+pub mod support;
+pub mod uniqueness;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proptest::strategy::Strategy;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+
+use crate::divergence::Divergence;
+use crate::environment::Environment;
+use crate::report::Outcome;
+use crate::target::Backbone;
+use crate::topology::Topology;
+
+/// What a scenario runs against: the backbone, and the world as the Terraform and the
+/// migrations describe it (mutation tests hand in a broken copy).
+#[derive(Clone)]
+pub struct World {
+    pub topology: Topology,
+    /// `None`: the repository's `migrations/` (embedded); `Some`: a mutated copy.
+    pub migrator: Option<Arc<sqlx::migrate::Migrator>>,
+    /// Points `DB_EVENT_STORE_*` at the primary database, as a misconfigured deploy would.
+    pub event_store_points_at_primary: bool,
+    /// Whether the worker verifies claim-checked payloads (always, except in a mutation test).
+    pub verify_claims: bool,
+}
+
+impl World {
+    /// The world as the repository describes it.
+    pub fn from_repository(environment: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            topology: Topology::load(&Topology::default_root(), environment)?,
+            migrator: None,
+            event_store_points_at_primary: false,
+            verify_claims: true,
+        })
+    }
+}
+
+/// Everything a scenario run needs.
+pub struct Context {
+    pub backbone: Arc<Backbone>,
+    pub world: World,
+    pub runtime: tokio::runtime::Handle,
+    /// Generated cases per scenario: `PROPTEST_CASES` when set, else the scenario's default.
+    pub cases: Option<u32>,
+    /// Seed of the case generator; printed on failure so the run can be replayed.
+    pub seed: [u8; 32],
+    /// Prefix of every scope this run deploys (unique per run and mutation).
+    pub scope_prefix: String,
+}
+
+impl Context {
+    /// Deploys a fresh, isolated scope for one case.
+    pub async fn deploy(&self, name: &str) -> anyhow::Result<Environment> {
+        let scope = format!("{}-{name}", self.scope_prefix);
+        let deployment = self
+            .backbone
+            .deploy_with(
+                &scope,
+                &self.world.topology,
+                self.world
+                    .migrator
+                    .as_deref()
+                    .unwrap_or(&crate::event_store::MIGRATOR),
+            )
+            .await?;
+        let mut env = deployment.environment;
+        if self.world.event_store_points_at_primary {
+            env.event_store = env.primary.clone();
+        }
+        Ok(env)
+    }
+}
+
+/// How one scenario ended.
+#[derive(Debug, Clone)]
+pub struct ScenarioReport {
+    pub name: &'static str,
+    pub target: String,
+    pub cases: u32,
+    pub outcome: Outcome,
+    pub took: Duration,
+    /// Why it failed (with the shrunk case and how to replay it), or what it measured.
+    pub message: String,
+    pub divergences: Vec<Divergence>,
+    pub figures: Vec<String>,
+}
+
+/// What one case found besides pass/fail.
+#[derive(Default)]
+pub struct CaseNotes {
+    pub divergences: Vec<Divergence>,
+    pub figures: Vec<String>,
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    /// The invariant, in one sentence, as reports show it.
+    pub invariant: &'static str,
+    pub default_cases: u32,
+    pub run: fn(&Context) -> ScenarioReport,
+}
+
+/// Every scenario, in the order reports list them.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        ordering::SCENARIO,
+        dead_letter::ORDERED,
+        dead_letter::UNORDERED,
+        dead_letter::BAD_INPUT,
+        uniqueness::SCENARIO,
+        isolation::SCENARIO,
+        oversized::SCENARIO,
+    ]
+}
+
+pub fn find(name: &str) -> Option<Scenario> {
+    all().into_iter().find(|s| s.name == name)
+}
+
+/// A fresh seed, or the one in `RIG_SCENARIO_SEED` (64 hex digits) to replay a failure.
+pub fn seed_from_env() -> anyhow::Result<[u8; 32]> {
+    match std::env::var("RIG_SCENARIO_SEED") {
+        Ok(hex) => {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+                .collect::<Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("RIG_SCENARIO_SEED must be 64 hex digits"))?;
+            bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("RIG_SCENARIO_SEED must be 64 hex digits (32 bytes)"))
+        }
+        Err(_) => Ok(*uuid::Uuid::new_v4().as_bytes()).map(|a: [u8; 16]| {
+            let b = *uuid::Uuid::new_v4().as_bytes();
+            let mut seed = [0u8; 32];
+            seed[..16].copy_from_slice(&a);
+            seed[16..].copy_from_slice(&b);
+            seed
+        }),
+    }
+}
+
+/// `PROPTEST_CASES`, if set.
+pub fn cases_from_env() -> anyhow::Result<Option<u32>> {
+    match std::env::var("PROPTEST_CASES") {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("PROPTEST_CASES must be a number, got {v:?}")),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Runs `check` over cases drawn from `strategy`, shrinking a failure to a minimal case.
+/// `check` returns `Err(reason)` when the invariant is violated.
+pub fn property<S, F>(ctx: &Context, scenario: &Scenario, strategy: S, check: F) -> ScenarioReport
+where
+    S: Strategy,
+    S::Value: std::fmt::Debug,
+    F: Fn(&Context, usize, &S::Value) -> Result<CaseNotes, String>,
+{
+    let started = Instant::now();
+    let cases = ctx.cases.unwrap_or(scenario.default_cases).max(1);
+    let config = Config {
+        cases,
+        max_shrink_iters: 24,
+        max_shrink_time: 60_000,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &ctx.seed));
+    let notes = Mutex::new(CaseNotes::default());
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let result = runner.run(&strategy, |case| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match check(ctx, n, &case) {
+            Ok(found) => {
+                if let Ok(mut all) = notes.lock() {
+                    all.divergences.extend(found.divergences);
+                    all.figures.extend(found.figures);
+                }
+                Ok(())
+            }
+            Err(reason) => Err(TestCaseError::fail(reason)),
+        }
+    });
+    let notes = notes.into_inner().unwrap_or_default();
+    let mut divergences = notes.divergences;
+    divergences.dedup();
+    let (outcome, message) = match result {
+        Ok(()) if !divergences.is_empty() => (
+            Outcome::Divergence,
+            "the emulator could not decide the invariant; see the divergences".to_string(),
+        ),
+        Ok(()) => (Outcome::Pass, scenario.invariant.to_string()),
+        Err(TestError::Fail(reason, case)) => (
+            Outcome::Fail,
+            format!(
+                "invariant violated: {reason}\nminimal failing case: {case:#?}\nreplay: RIG_SCENARIO_SEED={} PROPTEST_CASES={cases} cargo test --test scenarios -- --exact scenario::{}",
+                crate::envelope::hex(&ctx.seed),
+                scenario.name
+            ),
+        ),
+        Err(TestError::Abort(reason)) => (Outcome::Fail, format!("aborted: {reason}")),
+    };
+    ScenarioReport {
+        name: scenario.name,
+        target: ctx.backbone.kind().to_string(),
+        cases: counter.load(std::sync::atomic::Ordering::SeqCst) as u32,
+        outcome,
+        took: started.elapsed(),
+        message,
+        divergences,
+        figures: notes.figures,
+    }
+}
+
+/// Runs one scenario on `backbone` with `world`.
+pub fn run_scenario(
+    backbone: Arc<Backbone>,
+    runtime: tokio::runtime::Handle,
+    scenario: &Scenario,
+    world: World,
+    seed: [u8; 32],
+    cases: Option<u32>,
+    scope_prefix: &str,
+) -> ScenarioReport {
+    let ctx = Context {
+        backbone,
+        world,
+        runtime,
+        cases,
+        seed,
+        scope_prefix: scope_prefix.to_string(),
+    };
+    (scenario.run)(&ctx)
+}
+
+/// Runs a mutation: its scenario against the broken world. The report's outcome is `Pass`
+/// when the scenario failed, as it must.
+pub fn run_mutation(
+    backbone: Arc<Backbone>,
+    runtime: tokio::runtime::Handle,
+    mutation: &mutations::Mutation,
+    world: &World,
+    seed: [u8; 32],
+    cases: Option<u32>,
+) -> ScenarioReport {
+    let started = Instant::now();
+    let failed_to_build = |message: String| ScenarioReport {
+        name: mutation.name,
+        target: backbone.kind().to_string(),
+        cases: 0,
+        outcome: Outcome::Fail,
+        took: started.elapsed(),
+        message,
+        divergences: Vec::new(),
+        figures: Vec::new(),
+    };
+    let Some(scenario) = find(mutation.scenario) else {
+        return failed_to_build(format!(
+            "mutation names an unknown scenario `{}`",
+            mutation.scenario
+        ));
+    };
+    let (broken, _copies) = match (mutation.build)(world) {
+        Ok(built) => built,
+        Err(e) => return failed_to_build(format!("building the mutation: {e:#}")),
+    };
+    let report = run_scenario(
+        backbone.clone(),
+        runtime,
+        &scenario,
+        broken,
+        seed,
+        cases,
+        &format!("m-{}", mutation.name.replace('_', "-")),
+    );
+    let (outcome, message) = match report.outcome {
+        Outcome::Fail => (
+            Outcome::Pass,
+            format!("{} failed as it must with {}", scenario.name, mutation.what),
+        ),
+        other => (
+            Outcome::Fail,
+            format!(
+                "{} did not fail with {} (it reported {}): the scenario does not guard what it claims",
+                scenario.name,
+                mutation.what,
+                other.label()
+            ),
+        ),
+    };
+    ScenarioReport {
+        name: mutation.name,
+        outcome,
+        message,
+        took: started.elapsed(),
+        ..report
+    }
+}
