@@ -168,8 +168,12 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
     let t = Instant::now();
     let published = publish_probe(env, probe_attribute.as_deref(), &run_id).await;
     let publish_ok = published.is_ok();
+    let publish_check = format!(
+        "publish a probe to {}",
+        raw_topic(env).unwrap_or_else(|_| "the raw topic".into())
+    );
     rec.record(
-        "publish a probe to events.raw",
+        &publish_check,
         t,
         published.map(|id| Verdict::Pass(format!("message id {id}"))),
     );

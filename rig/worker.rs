@@ -59,10 +59,11 @@ impl WorkerOptions {
     /// The worker on `events.raw`, as the topology declares it.
     pub fn from_environment(env: &Environment) -> anyhow::Result<Self> {
         let topology = &env.topology;
+        // The raw topic is the one the probes go to: the validation subscription's.
         let raw = topology
             .validation_subscription()
             .map(|s| s.topic.clone())
-            .unwrap_or_else(|| "events.raw".into());
+            .context("the Terraform declares no validation subscription, so no raw topic")?;
         let subscription = topology
             .worker_subscription(&raw)
             .with_context(|| format!("the Terraform declares no worker subscription on {raw}"))?;

@@ -138,6 +138,12 @@ async fn dead_letter_case(
         .is_some_and(|s| s.enable_message_ordering)
         && subscription == options.subscription;
     let dlq = Collector::start(env, &dead_letter_subscription(env, &options)?).await?;
+    // The Terraform's subscription (not its unordered twin) names the topic to publish to.
+    let raw_topic = env
+        .topology
+        .subscription(&options.subscription)
+        .map(|s| s.topic.clone())
+        .ok_or_else(|| anyhow::anyhow!("{} is not in the Terraform", options.subscription))?;
     options.subscription = subscription.to_string();
     let mut faults = FaultPlan::default();
     let mut events = Vec::new();
@@ -155,11 +161,6 @@ async fn dead_letter_case(
         events.push((event, *failures));
     }
     let faults = Arc::new(faults);
-    let raw_topic = env
-        .topology
-        .subscription(subscription)
-        .map(|s| s.topic.clone());
-    let raw_topic = raw_topic.unwrap_or_else(|| "events.raw".into());
     let list: Vec<_> = events.iter().map(|(e, _)| e.clone()).collect();
     Producer::connect(env, &raw_topic)
         .await?

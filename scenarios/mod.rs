@@ -63,6 +63,8 @@ pub struct Context {
     pub seed: [u8; 32],
     /// Prefix of every scope this run deploys (unique per run and mutation).
     pub scope_prefix: String,
+    /// Shrink a failure to a minimal case (off for mutation tests, which only need the failure).
+    pub shrink: bool,
 }
 
 impl Context {
@@ -180,7 +182,7 @@ where
     let cases = ctx.cases.unwrap_or(scenario.default_cases).max(1);
     let config = Config {
         cases,
-        max_shrink_iters: 24,
+        max_shrink_iters: if ctx.shrink { 24 } else { 0 },
         max_shrink_time: 60_000,
         failure_persistence: None,
         ..Config::default()
@@ -233,87 +235,96 @@ where
     }
 }
 
-/// Runs one scenario on `backbone` with `world`.
-pub fn run_scenario(
-    backbone: Arc<Backbone>,
-    runtime: tokio::runtime::Handle,
-    scenario: &Scenario,
-    world: World,
-    seed: [u8; 32],
-    cases: Option<u32>,
-    scope_prefix: &str,
-) -> ScenarioReport {
-    let ctx = Context {
-        backbone,
-        world,
-        runtime,
-        cases,
-        seed,
-        scope_prefix: scope_prefix.to_string(),
-    };
-    (scenario.run)(&ctx)
+/// Runs scenarios and mutation tests on one backbone with one seed.
+#[derive(Clone)]
+pub struct Runner {
+    pub backbone: Arc<Backbone>,
+    pub runtime: tokio::runtime::Handle,
+    pub seed: [u8; 32],
+    pub cases: Option<u32>,
 }
 
-/// Runs a mutation: its scenario against the broken world. The report's outcome is `Pass`
-/// when the scenario failed, as it must.
-pub fn run_mutation(
-    backbone: Arc<Backbone>,
-    runtime: tokio::runtime::Handle,
-    mutation: &mutations::Mutation,
-    world: &World,
-    seed: [u8; 32],
-    cases: Option<u32>,
-) -> ScenarioReport {
-    let started = Instant::now();
-    let failed_to_build = |message: String| ScenarioReport {
-        name: mutation.name,
-        target: backbone.kind().to_string(),
-        cases: 0,
-        outcome: Outcome::Fail,
-        took: started.elapsed(),
-        message,
-        divergences: Vec::new(),
-        figures: Vec::new(),
-    };
-    let Some(scenario) = find(mutation.scenario) else {
-        return failed_to_build(format!(
-            "mutation names an unknown scenario `{}`",
-            mutation.scenario
-        ));
-    };
-    let (broken, _copies) = match (mutation.build)(world) {
-        Ok(built) => built,
-        Err(e) => return failed_to_build(format!("building the mutation: {e:#}")),
-    };
-    let report = run_scenario(
-        backbone.clone(),
-        runtime,
-        &scenario,
-        broken,
-        seed,
-        cases,
-        &format!("m-{}", mutation.name.replace('_', "-")),
-    );
-    let (outcome, message) = match report.outcome {
-        Outcome::Fail => (
-            Outcome::Pass,
-            format!("{} failed as it must with {}", scenario.name, mutation.what),
-        ),
-        other => (
-            Outcome::Fail,
-            format!(
-                "{} did not fail with {} (it reported {}): the scenario does not guard what it claims",
-                scenario.name,
-                mutation.what,
-                other.label()
+impl Runner {
+    /// Runs one scenario with `world`; a failure is shrunk to a minimal case.
+    pub fn scenario(
+        &self,
+        scenario: &Scenario,
+        world: World,
+        scope_prefix: &str,
+    ) -> ScenarioReport {
+        self.run(scenario, world, scope_prefix, true)
+    }
+
+    fn run(
+        &self,
+        scenario: &Scenario,
+        world: World,
+        scope_prefix: &str,
+        shrink: bool,
+    ) -> ScenarioReport {
+        let ctx = Context {
+            backbone: self.backbone.clone(),
+            world,
+            runtime: self.runtime.clone(),
+            cases: self.cases,
+            seed: self.seed,
+            scope_prefix: scope_prefix.to_string(),
+            shrink,
+        };
+        (scenario.run)(&ctx)
+    }
+
+    /// Runs a mutation: its scenario against the broken world, without shrinking. The
+    /// report's outcome is `Pass` when the scenario failed, as it must.
+    pub fn mutation(&self, mutation: &mutations::Mutation, world: &World) -> ScenarioReport {
+        let started = Instant::now();
+        let failed_to_build = |message: String| ScenarioReport {
+            name: mutation.name,
+            target: self.backbone.kind().to_string(),
+            cases: 0,
+            outcome: Outcome::Fail,
+            took: started.elapsed(),
+            message,
+            divergences: Vec::new(),
+            figures: Vec::new(),
+        };
+        let Some(scenario) = find(mutation.scenario) else {
+            return failed_to_build(format!(
+                "mutation names an unknown scenario `{}`",
+                mutation.scenario
+            ));
+        };
+        let (broken, _copies) = match (mutation.build)(world) {
+            Ok(built) => built,
+            Err(e) => return failed_to_build(format!("building the mutation: {e:#}")),
+        };
+        let report = self.run(
+            &scenario,
+            broken,
+            &format!("m-{}", mutation.name.replace('_', "-")),
+            false,
+        );
+        let (outcome, message) = match report.outcome {
+            Outcome::Fail => (
+                Outcome::Pass,
+                format!("{} failed as it must with {}", scenario.name, mutation.what),
             ),
-        ),
-    };
-    ScenarioReport {
-        name: mutation.name,
-        outcome,
-        message,
-        took: started.elapsed(),
-        ..report
+            other => (
+                Outcome::Fail,
+                format!(
+                    "{} did not fail with {} (it reported {}): the scenario does not guard what it claims",
+                    scenario.name,
+                    mutation.what,
+                    other.label()
+                ),
+            ),
+        };
+        ScenarioReport {
+            name: mutation.name,
+            outcome,
+            message,
+            took: started.elapsed(),
+            ..report
+        }
     }
 }

@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::{
-    ScenarioReport, World, all, cases_from_env, mutations, run_mutation, run_scenario,
-    seed_from_env,
-};
+use super::{Runner, ScenarioReport, World, all, cases_from_env, mutations, seed_from_env};
 use crate::report::{JunitCase, Outcome, Table, junit, seconds};
 use crate::target::{Backbone, TargetKind};
 
@@ -62,18 +59,16 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
             .block_on(Backbone::start(options.target))
             .context("starting the backbone")?,
     );
+    let runner = Runner {
+        backbone: backbone.clone(),
+        runtime,
+        seed,
+        cases,
+    };
     let mut reports: Vec<(&str, ScenarioReport)> = Vec::new();
     for scenario in all().iter().filter(|s| selected(s.name)) {
         eprintln!("scenario {} ...", scenario.name);
-        let report = run_scenario(
-            backbone.clone(),
-            runtime.clone(),
-            scenario,
-            world.clone(),
-            seed,
-            cases,
-            "cli",
-        );
+        let report = runner.scenario(scenario, world.clone(), "cli");
         eprintln!("  {} in {}", report.outcome.label(), seconds(report.took));
         reports.push(("scenario", report));
     }
@@ -88,14 +83,7 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
             .filter(|m| options.mutations || selected(m.name))
         {
             eprintln!("mutation {} ...", mutation.name);
-            let report = run_mutation(
-                backbone.clone(),
-                runtime.clone(),
-                mutation,
-                &world,
-                seed,
-                cases,
-            );
+            let report = runner.mutation(mutation, &world);
             eprintln!("  {} in {}", report.outcome.label(), seconds(report.took));
             reports.push(("mutation", report));
         }
@@ -124,6 +112,7 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("JUnit report written to {}", path.display());
     }
+    drop(runner);
     drop(backbone);
     Ok(reports.iter().all(|(_, r)| r.outcome != Outcome::Fail))
 }

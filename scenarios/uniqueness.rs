@@ -117,8 +117,9 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         workers.push(RunningWorker::start(&env, options.clone(), faults.clone()).await?);
     }
     let expected_rows = originals.len();
+    // Each conflict ends on the DLQ or, with a broken ledger, as an extra row: wait for the total.
     let settled = wait_for(Duration::from_secs(30), || async {
-        store.count().await.unwrap_or(0) as usize >= expected_rows && dlq.len() >= conflicts.len()
+        store.count().await.unwrap_or(0) as usize + dlq.len() >= expected_rows + conflicts.len()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use rig::report::Outcome;
-use rig::scenarios::{self, ScenarioReport, World};
+use rig::scenarios::{self, Runner, ScenarioReport, World};
 use rig::target::{Backbone, TargetKind};
 
 struct Shared {
@@ -39,6 +39,17 @@ impl Shared {
         slot.clone()
             .unwrap_or_else(|| Err("unreachable".into()))
             .map_err(Failed::from)
+    }
+}
+
+impl Shared {
+    fn runner(&self, backbone: Arc<Backbone>) -> Runner {
+        Runner {
+            backbone,
+            runtime: self.runtime.handle().clone(),
+            seed: self.seed,
+            cases: self.cases,
+        }
     }
 }
 
@@ -96,15 +107,7 @@ fn main() -> ExitCode {
             move || {
                 let world = shared.world.clone().map_err(Failed::from)?;
                 let backbone = shared.backbone()?;
-                verdict(scenarios::run_scenario(
-                    backbone,
-                    shared.runtime.handle().clone(),
-                    &scenario,
-                    world,
-                    shared.seed,
-                    shared.cases,
-                    "t",
-                ))
+                verdict(shared.runner(backbone).scenario(&scenario, world, "t"))
             },
         ));
     }
@@ -115,14 +118,7 @@ fn main() -> ExitCode {
             move || {
                 let world = shared.world.clone().map_err(Failed::from)?;
                 let backbone = shared.backbone()?;
-                verdict(scenarios::run_mutation(
-                    backbone,
-                    shared.runtime.handle().clone(),
-                    &mutation,
-                    &world,
-                    shared.seed,
-                    shared.cases,
-                ))
+                verdict(shared.runner(backbone).mutation(&mutation, &world))
             },
         ));
     }

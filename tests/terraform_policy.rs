@@ -62,8 +62,18 @@ fn every_environment_parses_into_the_agreed_topology() {
                 .retry
                 .as_ref()
                 .unwrap_or_else(|| panic!("{env}: {name} has no retry policy"));
-            assert_eq!(retry.minimum_backoff, Duration::from_secs(10));
-            assert_eq!(retry.maximum_backoff, Duration::from_secs(600));
+            // dev redelivers quickly (its terraform.tfvars); staging and prod keep the defaults.
+            let (min, max) = if env == "dev" { (1, 10) } else { (10, 600) };
+            assert_eq!(
+                retry.minimum_backoff,
+                Duration::from_secs(min),
+                "{env}: {name}"
+            );
+            assert_eq!(
+                retry.maximum_backoff,
+                Duration::from_secs(max),
+                "{env}: {name}"
+            );
             assert_eq!(sub.ack_deadline_seconds, 60);
         }
         let dlq = topology
@@ -740,8 +750,14 @@ fn missing_and_undeclared_values_are_errors() {
         err.to_string().contains("network_name") && err.to_string().contains("terraform.tfvars"),
         "{err}"
     );
+    let tfvars = Topology::default_root().join("envs/dev/terraform.tfvars");
+    let appended_line = std::fs::read_to_string(&tfvars)
+        .expect("reading dev tfvars")
+        .lines()
+        .count()
+        + 1;
     let err = load_error(|c| c.append("envs/dev/terraform.tfvars", "typo_variable = 1\n"));
-    assert_points_at(&err, "terraform.tfvars", 15);
+    assert_points_at(&err, "terraform.tfvars", appended_line);
 }
 
 #[test]

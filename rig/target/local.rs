@@ -38,16 +38,49 @@ pub struct LocalBackbone {
     dir: tempfile::TempDir,
 }
 
+const DIR_PREFIX: &str = "backbone-rig-";
+const OWNER_FILE: &str = "rig.pid";
+
+/// A rig that was SIGKILLed could not remove its temp dir (its children died with it, see
+/// `process.rs`); the next rig removes such dirs once their owner is gone.
+fn remove_abandoned_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(DIR_PREFIX) && !n.starts_with("backbone-rig-datadir-"));
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        if let (true, Some(pid)) = (is_ours, owner)
+            && !crate::process::process_alive(pid)
+        {
+            tracing::info!(
+                "removing {} left by a rig that was killed (pid {pid})",
+                path.display()
+            );
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 fn secret() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 impl LocalBackbone {
     pub async fn start() -> anyhow::Result<Self> {
+        remove_abandoned_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("backbone-rig-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .context("creating the rig's temp dir")?;
+        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+            .context("writing the rig's pid file")?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
