@@ -18,7 +18,7 @@ use proptest::prelude::*;
 
 use super::fixtures::{self, Aggregate};
 use super::support::{
-    Collector, Failures, FaultPlan, RunningWorker, block_on, event_id_of, wait_for,
+    Collector, Failures, FaultPlan, RunningWorker, Wiring, block_on, event_id_of, wait_for,
 };
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use crate::divergence::Divergence;
@@ -27,7 +27,6 @@ use crate::environment::Environment;
 use crate::event_store::EventStore;
 use crate::producer::Producer;
 use crate::provision;
-use crate::worker::WorkerOptions;
 
 /// The epic's requirement, independent of what the Terraform currently says.
 pub const EPIC_MAX_DELIVERY_ATTEMPTS: u32 = 5;
@@ -68,9 +67,9 @@ fn run_ordered(ctx: &Context) -> ScenarioReport {
     property(ctx, &ORDERED, strategy, |ctx, n, schedule| {
         block_on(ctx, async {
             let env = ctx.deploy(&format!("dlq-ordered-{n}")).await?;
-            let options = worker_options(ctx, &env)?;
-            let subscription = options.subscription.clone();
-            dead_letter_case(&env, options, &subscription, schedule).await
+            let wiring = Wiring::of(ctx, &env)?;
+            let subscription = wiring.options.subscription.clone();
+            dead_letter_case(&env, wiring, &subscription, schedule).await
         })
         .map_err(|e: anyhow::Error| format!("{e:#}"))?
     })
@@ -80,18 +79,12 @@ fn run_unordered(ctx: &Context) -> ScenarioReport {
     property(ctx, &UNORDERED, schedule(), |ctx, n, schedule| {
         block_on(ctx, async {
             let env = ctx.deploy(&format!("dlq-unordered-{n}")).await?;
-            let options = worker_options(ctx, &env)?;
-            let unordered = create_unordered_twin(&env, &options.subscription).await?;
-            dead_letter_case(&env, options, &unordered, schedule).await
+            let wiring = Wiring::of(ctx, &env)?;
+            let unordered = create_unordered_twin(&env, &wiring.options.subscription).await?;
+            dead_letter_case(&env, wiring, &unordered, schedule).await
         })
         .map_err(|e: anyhow::Error| format!("{e:#}"))?
     })
-}
-
-fn worker_options(ctx: &Context, env: &Environment) -> anyhow::Result<WorkerOptions> {
-    let mut options = WorkerOptions::from_environment(env)?;
-    options.verify_claims = ctx.world.verify_claims;
-    Ok(options)
 }
 
 /// The Terraform's subscription with message ordering off, in the same project.
@@ -113,37 +106,21 @@ async fn create_unordered_twin(env: &Environment, name: &str) -> anyhow::Result<
     Ok(spec.name)
 }
 
-fn dead_letter_subscription(env: &Environment, options: &WorkerOptions) -> anyhow::Result<String> {
-    env.topology
-        .subscriptions_on(&options.dead_letter_topic)
-        .next()
-        .map(|s| s.name.clone())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "the Terraform declares no subscription on {}",
-                options.dead_letter_topic
-            )
-        })
-}
-
 async fn dead_letter_case(
     env: &Environment,
-    mut options: WorkerOptions,
+    wiring: Wiring,
     subscription: &str,
     schedule: &[Failures],
 ) -> anyhow::Result<Result<CaseNotes, String>> {
     let ordered = env
         .topology
-        .subscription(&options.subscription)
+        .subscription(&wiring.options.subscription)
         .is_some_and(|s| s.enable_message_ordering)
-        && subscription == options.subscription;
-    let dlq = Collector::start(env, &dead_letter_subscription(env, &options)?).await?;
+        && subscription == wiring.options.subscription;
+    let dlq = Collector::start(env, &wiring.dead_letters).await?;
     // The Terraform's subscription (not its unordered twin) names the topic to publish to.
-    let raw_topic = env
-        .topology
-        .subscription(&options.subscription)
-        .map(|s| s.topic.clone())
-        .ok_or_else(|| anyhow::anyhow!("{} is not in the Terraform", options.subscription))?;
+    let raw_topic = wiring.raw_topic;
+    let mut options = wiring.options;
     options.subscription = subscription.to_string();
     let mut faults = FaultPlan::default();
     let mut events = Vec::new();
@@ -377,14 +354,13 @@ fn run_bad_input(ctx: &Context) -> ScenarioReport {
         |ctx, n, corruptions| {
             block_on(ctx, async {
                 let env = ctx.deploy(&format!("bad-input-{n}")).await?;
-                let options = worker_options(ctx, &env)?;
-                let dlq =
-                    Collector::start(&env, &dead_letter_subscription(&env, &options)?).await?;
-                let raw_topic = env
-                    .topology
-                    .subscription(&options.subscription)
-                    .map(|s| s.topic.clone())
-                    .unwrap_or_default();
+                let Wiring {
+                    options,
+                    raw_topic,
+                    dead_letters,
+                    ..
+                } = Wiring::of(ctx, &env)?;
+                let dlq = Collector::start(&env, &dead_letters).await?;
                 let publisher = env.pubsub.publisher(&raw_topic).await?;
                 let mut sent = Vec::new();
                 for (i, c) in corruptions.iter().enumerate() {

@@ -13,13 +13,12 @@ use proptest::prelude::*;
 
 use super::fixtures::{self, Aggregate};
 use super::support::{
-    Collector, Failures, FaultPlan, RunningWorker, block_on, by_key, event_id_of, wait_for,
+    Collector, Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of, wait_for,
 };
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use crate::envelope;
 use crate::event_store::EventStore;
 use crate::producer::Producer;
-use crate::worker::WorkerOptions;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "ordering",
@@ -98,8 +97,12 @@ fn run(ctx: &Context) -> ScenarioReport {
 
 async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<CaseNotes, String>> {
     let env = ctx.deploy(&format!("ordering-{n}")).await?;
-    let mut options = WorkerOptions::from_environment(&env)?;
-    options.verify_claims = ctx.world.verify_claims;
+    let Wiring {
+        options,
+        raw_topic,
+        merged: merged_subscription,
+        ..
+    } = Wiring::of(ctx, &env)?;
 
     // Per-key order is promised by the subscription's message ordering; the epic requires it.
     let admin = env.pubsub.subscription_admin().await?;
@@ -138,17 +141,7 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         )
     }));
 
-    let merged_subscription = env
-        .topology
-        .worker_subscription(&options.merged_topic)
-        .map(|s| s.name.clone())
-        .ok_or_else(|| anyhow::anyhow!("no subscription on {}", options.merged_topic))?;
     let merged = Collector::start(&env, &merged_subscription).await?;
-    let raw_topic = env
-        .topology
-        .subscription(&options.subscription)
-        .map(|s| s.topic.clone())
-        .unwrap_or_default();
     Producer::connect(&env, &raw_topic)
         .await?
         .publish_all(&events)

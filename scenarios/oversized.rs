@@ -11,14 +11,15 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::fixtures::{self, Aggregate};
-use super::support::{Collector, FaultPlan, RunningWorker, block_on, event_id_of, wait_for};
+use super::support::{
+    Collector, FaultPlan, RunningWorker, Wiring, block_on, event_id_of, wait_for,
+};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use crate::claim_check::DEFAULT_THRESHOLD_BYTES;
 use crate::envelope;
 use crate::event_store::EventStore;
 use crate::producer::Producer;
 use crate::storage::StorageConnection;
-use crate::worker::WorkerOptions;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "oversized_payloads",
@@ -96,20 +97,13 @@ async fn check(
     items: &[Item],
 ) -> anyhow::Result<Result<CaseNotes, String>> {
     let env = ctx.deploy(&format!("oversized-{n}")).await?;
-    let mut options = WorkerOptions::from_environment(&env)?;
-    options.verify_claims = ctx.world.verify_claims;
-    let dlq_subscription = env
-        .topology
-        .subscriptions_on(&options.dead_letter_topic)
-        .next()
-        .map(|s| s.name.clone())
-        .ok_or_else(|| anyhow::anyhow!("no subscription on {}", options.dead_letter_topic))?;
+    let Wiring {
+        options,
+        raw_topic,
+        dead_letters: dlq_subscription,
+        ..
+    } = Wiring::of(ctx, &env)?;
     let dlq = Collector::start(&env, &dlq_subscription).await?;
-    let raw_topic = env
-        .topology
-        .subscription(&options.subscription)
-        .map(|s| s.topic.clone())
-        .unwrap_or_default();
     let producer = Producer::connect(&env, &raw_topic).await?;
     let storage = env.storage.client().await?;
     let mut events = Vec::new();

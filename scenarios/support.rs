@@ -233,3 +233,51 @@ pub fn by_key<I: IntoIterator<Item = (String, uuid::Uuid)>>(
 pub fn block_on<F: Future>(ctx: &super::Context, f: F) -> F::Output {
     ctx.runtime.block_on(f)
 }
+
+/// The worker's side of a deployed environment, all read from its Terraform.
+pub struct Wiring {
+    pub options: crate::worker::WorkerOptions,
+    /// The topic the worker's subscription reads: where producers publish.
+    pub raw_topic: String,
+    /// The subscription that keeps dead letters.
+    pub dead_letters: String,
+    /// The subscription downstream consumers read merged events from.
+    pub merged: String,
+}
+
+impl Wiring {
+    pub fn of(ctx: &super::Context, env: &Environment) -> anyhow::Result<Self> {
+        let mut options = WorkerOptions::from_environment(env)?;
+        options.verify_claims = ctx.world.verify_claims;
+        let topology = &env.topology;
+        let raw_topic = topology
+            .subscription(&options.subscription)
+            .map(|s| s.topic.clone())
+            .ok_or_else(|| anyhow::anyhow!("{} is not in the Terraform", options.subscription))?;
+        let dead_letters = topology
+            .subscriptions_on(&options.dead_letter_topic)
+            .next()
+            .map(|s| s.name.clone())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the Terraform declares no subscription on {}",
+                    options.dead_letter_topic
+                )
+            })?;
+        let merged = topology
+            .worker_subscription(&options.merged_topic)
+            .map(|s| s.name.clone())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the Terraform declares no subscription on {}",
+                    options.merged_topic
+                )
+            })?;
+        Ok(Self {
+            options,
+            raw_topic,
+            dead_letters,
+            merged,
+        })
+    }
+}

@@ -11,12 +11,13 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::fixtures::{self, Aggregate};
-use super::support::{Collector, FaultPlan, RunningWorker, block_on, event_id_of, wait_for};
+use super::support::{
+    Collector, FaultPlan, RunningWorker, Wiring, block_on, event_id_of, wait_for,
+};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use crate::envelope;
 use crate::event_store::{EventStore, NewEvent};
 use crate::producer::Producer;
-use crate::worker::WorkerOptions;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "event_id_uniqueness",
@@ -62,14 +63,12 @@ fn run(ctx: &Context) -> ScenarioReport {
 
 async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<CaseNotes, String>> {
     let env = ctx.deploy(&format!("uniqueness-{n}")).await?;
-    let mut options = WorkerOptions::from_environment(&env)?;
-    options.verify_claims = ctx.world.verify_claims;
-    let dlq_subscription = env
-        .topology
-        .subscriptions_on(&options.dead_letter_topic)
-        .next()
-        .map(|s| s.name.clone())
-        .ok_or_else(|| anyhow::anyhow!("no subscription on {}", options.dead_letter_topic))?;
+    let Wiring {
+        options,
+        raw_topic,
+        dead_letters: dlq_subscription,
+        ..
+    } = Wiring::of(ctx, &env)?;
     let dlq = Collector::start(&env, &dlq_subscription).await?;
 
     let mut faults = FaultPlan::default();
@@ -102,11 +101,6 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         originals.push(event);
     }
     let faults = Arc::new(faults);
-    let raw_topic = env
-        .topology
-        .subscription(&options.subscription)
-        .map(|s| s.topic.clone())
-        .unwrap_or_default();
     Producer::connect(&env, &raw_topic)
         .await?
         .publish_all(&publishes)

@@ -113,30 +113,26 @@ pub struct Deployment {
     pub took: Duration,
 }
 
-/// `scope` as a suffix safe for database names (`[a-z0-9_]`).
-pub(crate) fn db_suffix(scope: &str) -> String {
+/// `scope` lowercased, with every other character than `[a-z0-9]` replaced by `separator`.
+fn scope_suffix(scope: &str, separator: char) -> String {
     scope
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_lowercase()
             } else {
-                '_'
+                separator
             }
         })
         .collect()
 }
 
+/// `scope` as a suffix safe for database names (`[a-z0-9_]`).
+pub(crate) fn db_suffix(scope: &str) -> String {
+    scope_suffix(scope, '_')
+}
+
 /// `scope` as a suffix safe for project ids and bucket names (`[a-z0-9-]`).
 pub(crate) fn dns_suffix(scope: &str) -> String {
-    scope
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
+    scope_suffix(scope, '-')
 }
