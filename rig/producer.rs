@@ -10,6 +10,23 @@ use crate::envelope;
 use crate::environment::Environment;
 use crate::event_store::NewEvent;
 
+pub const THRESHOLD_VAR: &str = "BACKBONE_CLAIM_CHECK_THRESHOLD_BYTES";
+
+/// Pub/Sub refuses requests over 10 MB, attributes and ordering key included: keep a margin.
+const MAX_THRESHOLD_BYTES: usize = 9 * 1024 * 1024;
+
+fn parse_threshold(value: &str) -> anyhow::Result<usize> {
+    let bytes: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{THRESHOLD_VAR}={value:?} is not a number of bytes"))?;
+    anyhow::ensure!(
+        bytes <= MAX_THRESHOLD_BYTES,
+        "{THRESHOLD_VAR}={bytes} is too close to Pub/Sub's 10 MB request limit (which also counts attributes): use at most {MAX_THRESHOLD_BYTES}"
+    );
+    Ok(bytes)
+}
+
 pub struct Producer {
     publisher: Publisher,
     storage: Storage,
@@ -19,12 +36,18 @@ pub struct Producer {
 }
 
 impl Producer {
+    /// A producer on `topic`. The claim-check threshold is `BACKBONE_CLAIM_CHECK_THRESHOLD_BYTES`
+    /// when set, else [`DEFAULT_THRESHOLD_BYTES`].
     pub async fn connect(env: &Environment, topic: &str) -> anyhow::Result<Self> {
+        let threshold = match std::env::var(THRESHOLD_VAR) {
+            Ok(value) => parse_threshold(&value)?,
+            Err(_) => DEFAULT_THRESHOLD_BYTES,
+        };
         Ok(Self {
             publisher: env.pubsub.publisher(topic).await?,
             storage: env.storage.client().await?,
             bucket: env.bucket.clone(),
-            threshold: DEFAULT_THRESHOLD_BYTES,
+            threshold,
         })
     }
 
@@ -58,5 +81,27 @@ impl Producer {
             );
         }
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_threshold;
+
+    #[test]
+    fn thresholds_are_bytes_below_the_pubsub_limit() {
+        assert_eq!(parse_threshold("1048576").unwrap(), 1_048_576);
+        assert!(
+            parse_threshold("10485760")
+                .unwrap_err()
+                .to_string()
+                .contains("10 MB")
+        );
+        assert!(
+            parse_threshold("1MB")
+                .unwrap_err()
+                .to_string()
+                .contains("not a number")
+        );
     }
 }

@@ -202,6 +202,13 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         );
     }
     let merged = merged.stop().await;
+    // With the workers gone, ask the emulator directly what it would hand out now: evidence
+    // for telling a stalled stream from lost messages.
+    let unary_pull = if settled || !env.pubsub.is_emulator() {
+        None
+    } else {
+        Some(unary_pull_count(&env, &options.subscription).await)
+    };
 
     let rows = store.all().await?;
     let stored = by_key(rows.iter().map(|r| {
@@ -249,9 +256,16 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         service: "pubsub-emulator".into(),
         feature: "redelivery on an ordered subscription after nacks".into(),
         observed: format!(
-            "after nacks, the rest of some ordering keys was never redelivered ({}; nothing moved for {}s); what did arrive was in order, without gaps or duplicates",
+            "after nacks, the rest of some ordering keys was never redelivered ({}; nothing moved for {}s); {}; what did arrive was in order, without gaps or duplicates",
             stalled_keys.join(", "),
-            stall_window.as_secs()
+            stall_window.as_secs(),
+            match &unary_pull {
+                Some(Ok(n)) => format!(
+                    "a unary pull afterwards returned {n} message(s), so the emulator still held them"
+                ),
+                Some(Err(e)) => format!("a unary pull afterwards failed: {e}"),
+                None => "no unary pull was made".into(),
+            }
         ),
         real_service:
             "redelivers a nacked message and the later messages of its key after the retry backoff"
@@ -279,4 +293,26 @@ fn describe(want: &[uuid::Uuid], got: &[uuid::Uuid]) -> String {
         want.len(),
         got_positions
     )
+}
+
+/// How many messages a unary REST pull returns right now (the emulator's view of what is
+/// deliverable, without the streaming machinery).
+async fn unary_pull_count(
+    env: &crate::environment::Environment,
+    subscription: &str,
+) -> Result<usize, String> {
+    let endpoint = env.pubsub.endpoint.clone().ok_or("not an emulator")?;
+    let url = format!(
+        "{endpoint}/v1/{}:pull",
+        env.pubsub.subscription_path(subscription)
+    );
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&serde_json::json!({ "maxMessages": 1000, "returnImmediately": true }))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    Ok(body["receivedMessages"].as_array().map_or(0, Vec::len))
 }

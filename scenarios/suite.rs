@@ -135,11 +135,15 @@ fn render(reports: &[(&str, ScenarioReport)]) -> String {
             r.cases.to_string(),
             r.outcome.label().into(),
             seconds(r.took),
-            r.divergences
-                .iter()
-                .map(|d| format!("{} / {}", d.service, d.feature))
-                .collect::<Vec<_>>()
-                .join("; "),
+            {
+                let mut named: Vec<String> = r
+                    .divergences
+                    .iter()
+                    .map(|d| format!("{} / {}", d.service, d.feature))
+                    .collect();
+                named.dedup();
+                named.join("; ")
+            },
         ]);
     }
     let mut out = table.render();
