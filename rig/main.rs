@@ -28,7 +28,9 @@ struct TargetArgs {
     /// Which environment's Terraform to provision from (infra/terraform/envs/<ENV>).
     #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
     environment: String,
-    /// Where the backbone runs: `local` (emulators + MariaDB/MySQL as processes).
+    /// Where the backbone runs: `local` (emulators + MariaDB/MySQL as processes, started here)
+    /// or `env` (whatever the environment variables point at: a running `rig up`, or real GCP
+    /// with GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_*).
     #[arg(long, default_value = "local", env = "RIG_TARGET")]
     target: TargetKind,
 }
@@ -239,6 +241,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { target, json } => {
             let topology = load_topology(&target.environment)?;
             let work = async {
+                if target.target == TargetKind::FromEnvironment {
+                    let env = rig::environment::Environment::from_process_env(topology.clone())?;
+                    return Ok(validate::run(&env, Vec::new(), Vec::new()).await);
+                }
                 let started = Instant::now();
                 let backbone = Backbone::start(target.target).await?;
                 let deployment = backbone.deploy("default", &topology).await?;

@@ -1075,3 +1075,55 @@ fn rig_up_children_die_with_a_sigkilled_rig() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// `rig validate --target env` validates whatever the environment points at — the toggle for
+/// staging and prod. Here it points at a running `rig up`, with only the printed variables.
+#[test]
+fn rig_validate_targets_what_the_environment_points_at() {
+    let mut up = rig_up();
+    let output = the_rig()
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RIG_LOG", "rig=warn")
+        .envs(&up.vars)
+        .args(["validate", "--target", "env"])
+        .output()
+        .expect("running `rig validate --target env`");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "rig validate --target env failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("target: environment variables"), "{stdout}");
+    for check in [
+        "publish a probe to events.raw",
+        "read the probe from the validation subscription",
+        "insert a dummy row via DB_EVENT_STORE_*",
+        "worker credentials are refused on the primary",
+        "primary database untouched and not restarted",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(check))
+            .unwrap_or_else(|| panic!("no `{check}` row:\n{stdout}"));
+        assert!(line.contains("PASS"), "{line}");
+    }
+    // Without the variables it says which one is missing instead of guessing.
+    let bare = the_rig()
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["validate", "--target", "env"])
+        .output()
+        .expect("running `rig validate --target env` without variables");
+    assert!(!bare.status.success());
+    assert!(
+        String::from_utf8_lossy(&bare.stderr).contains("GOOGLE_CLOUD_PROJECT is not set"),
+        "{}",
+        String::from_utf8_lossy(&bare.stderr)
+    );
+    signal(up.child.id(), libc::SIGTERM);
+    let status = wait_exit(&mut up.child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+}

@@ -34,10 +34,16 @@ impl std::str::FromStr for TargetKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "local" => Ok(TargetKind::Local),
-            "containers" | "gcp" => Err(format!(
-                "target `{s}` is not available yet: only `local` is implemented (see README, Targets)"
-            )),
-            other => Err(format!("unknown target `{other}`: expected `local`")),
+            "env" => Ok(TargetKind::FromEnvironment),
+            "gcp" => Err(
+                "for real GCP use `--target env` with GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_* set (see README, Targets)"
+                    .into(),
+            ),
+            "containers" => Err(
+                "target `containers` is not available yet: no Docker engine on the machines this was built on (see README, Targets)"
+                    .into(),
+            ),
+            other => Err(format!("unknown target `{other}`: expected `local` or `env`")),
         }
     }
 }
