@@ -741,7 +741,8 @@ async fn appends_are_idempotent_and_conflicts_overwrite_nothing() {
         }, // 6 differs from entry 4
         c.clone(),             // 7 new
         second_changed.clone(), // 8 conflicts with the ledger
-        second_changed.clone(), // 9 same as 8, which conflicted
+        second_changed.clone(), // 9 same as 8: conflicts with the ledger too
+        second.clone(),        // 10 after a conflicting copy, identical to the ledger
     ];
     let outcomes = store
         .append_batch(&batch)
@@ -786,7 +787,14 @@ async fn appends_are_idempotent_and_conflicts_overwrite_nothing() {
         outcomes[7]
     );
     assert_conflict(&outcomes[8], second.event_id, "payload");
-    assert_conflict(&outcomes[9], second.event_id, "first occurrence");
+    // Later copies in a batch are judged against the ledger, like any replay.
+    assert_conflict(&outcomes[9], second.event_id, "payload");
+    assert_eq!(
+        outcomes[10].as_ref().ok(),
+        Some(&Appended::AlreadyStored),
+        "{:?}",
+        outcomes[10]
+    );
 
     // Replaying the whole batch stores nothing new and gives the same verdicts.
     let replayed = store

@@ -7,7 +7,7 @@
 pub mod config;
 mod event;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, QueryBuilder, Row};
@@ -111,38 +111,31 @@ impl EventStore {
     ) -> Result<Vec<Result<Appended, AppendError>>, sqlx::Error> {
         let mut outcomes: Vec<Option<Result<Appended, AppendError>>> =
             events.iter().map(|_| None).collect();
-        // The first occurrence of each valid event_id is written; later ones compare against it.
-        let mut first_index: HashMap<uuid::Uuid, usize> = HashMap::new();
+        // The first occurrence of each valid event_id is written; later copies in the batch are
+        // judged against whatever the ledger holds afterwards, like any replay.
+        let mut seen: HashSet<uuid::Uuid> = HashSet::new();
         let mut pending = Vec::new();
+        let mut later_copies = Vec::new();
         for (i, event) in events.iter().enumerate() {
             if let Err(e) = event.validate() {
                 outcomes[i] = Some(Err(e.into()));
-                continue;
-            }
-            match first_index.get(&event.event_id) {
-                Some(&first) => {
-                    outcomes[i] = Some(compare_events(event, &events[first]));
-                }
-                None => {
-                    first_index.insert(event.event_id, i);
-                    pending.push(i);
-                }
+            } else if seen.insert(event.event_id) {
+                pending.push(i);
+            } else {
+                later_copies.push(i);
             }
         }
         for chunk in chunks_by_size(&pending, events) {
             self.insert_chunk(events, &chunk, &mut outcomes).await?;
         }
-        // Later duplicates inside the batch share their first occurrence's fate when it failed.
-        for (i, event) in events.iter().enumerate() {
-            let first = first_index.get(&event.event_id).copied();
-            if let (Some(first), Some(Ok(_))) = (first, &outcomes[i])
-                && first != i
-                && let Some(Err(AppendError::Conflict { .. })) = &outcomes[first]
-            {
-                outcomes[i] = Some(Err(AppendError::Conflict {
-                    event_id: event.event_id,
-                    differs: "its first occurrence in this batch conflicts with the ledger".into(),
-                }));
+        if !later_copies.is_empty() {
+            let ids: Vec<uuid::Uuid> = later_copies.iter().map(|&i| events[i].event_id).collect();
+            let stored = self.find(&ids).await?;
+            for i in later_copies {
+                outcomes[i] = Some(compare_with_stored(
+                    &events[i],
+                    stored.get(&events[i].event_id),
+                ));
             }
         }
         Ok(outcomes
@@ -292,16 +285,6 @@ fn compare_with_stored(
         ))));
     };
     match event.differences(&stored.as_new_event()) {
-        None => Ok(Appended::AlreadyStored),
-        Some(differs) => Err(AppendError::Conflict {
-            event_id: event.event_id,
-            differs,
-        }),
-    }
-}
-
-fn compare_events(event: &NewEvent, first: &NewEvent) -> Result<Appended, AppendError> {
-    match event.differences(first) {
         None => Ok(Appended::AlreadyStored),
         Some(differs) => Err(AppendError::Conflict {
             event_id: event.event_id,
