@@ -59,6 +59,7 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
             .block_on(Backbone::start(options.target))
             .context("starting the backbone")?,
     );
+    eprintln!("event store engine: {}", backbone.engine());
     let runner = Runner {
         backbone: backbone.clone(),
         runtime,
@@ -88,6 +89,11 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
             reports.push(("mutation", report));
         }
     }
+    println!(
+        "target: {}   event store engine: {}\n",
+        options.target,
+        backbone.engine()
+    );
     print!("{}", render(&reports));
     if let Some(path) = &options.junit {
         let cases: Vec<JunitCase> = reports

@@ -34,6 +34,12 @@ impl Shared {
                 .block_on(Backbone::start(TargetKind::Local))
                 .map(Arc::new)
                 .map_err(|e| format!("starting the local backbone: {e:#}"));
+            if let Ok(backbone) = &started {
+                eprintln!(
+                    "local backbone up; event store engine: {}",
+                    backbone.engine()
+                );
+            }
             *slot = Some(started);
         }
         slot.clone()

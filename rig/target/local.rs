@@ -33,7 +33,7 @@ pub struct LocalBackbone {
     primary_admin: DbConfig,
     worker_password: String,
     app_password: String,
-    engine: String,
+    pub(super) engine: String,
     pub(super) startup_times: Vec<(String, Duration)>,
     dir: tempfile::TempDir,
 }

@@ -89,6 +89,13 @@ impl Backbone {
         }
     }
 
+    /// The event store's engine as banners name it (a MariaDB says it is a stand-in).
+    pub fn engine(&self) -> &str {
+        match self {
+            Backbone::Local(local) => &local.engine,
+        }
+    }
+
     /// How long each service took to answer, for banners and benchmarks.
     pub fn startup_times(&self) -> &[(String, Duration)] {
         match self {
