@@ -1135,3 +1135,50 @@ fn rig_validate_targets_what_the_environment_points_at() {
     let status = wait_exit(&mut up.child, Duration::from_secs(30));
     assert!(status.success(), "{status}");
 }
+
+/// `rig scenarios` runs the scenarios on its own backbone, prints the results table and writes
+/// JUnit XML; an unknown name is an error that says where the names are.
+#[test]
+fn rig_scenarios_prints_a_results_table_and_junit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let junit = dir.path().join("scenarios.xml");
+    let output = the_rig()
+        .args(["scenarios", "bad_input", "--cases", "1", "--junit"])
+        .arg(&junit)
+        .output()
+        .expect("running `rig scenarios`");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("scenario "))
+        .unwrap_or_else(|| panic!("no table header:\n{stdout}"));
+    for column in ["target", "cases", "result", "time", "known divergence"] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert!(stdout.contains("event store engine: "), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("bad_input "))
+        .unwrap_or_else(|| panic!("no bad_input row:\n{stdout}"));
+    assert!(row.contains("local") && row.contains("PASS"), "{row}");
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
+    assert!(xml.contains("<testcase name=\"bad_input\""), "{xml}");
+    assert!(xml.contains("tests=\"1\" failures=\"0\""), "{xml}");
+
+    let unknown = the_rig()
+        .args(["scenarios", "no_such_scenario"])
+        .output()
+        .expect("running `rig scenarios` with an unknown name");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("rig scenarios --list"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}
