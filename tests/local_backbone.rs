@@ -1182,3 +1182,150 @@ fn rig_scenarios_prints_a_results_table_and_junit() {
         String::from_utf8_lossy(&unknown.stderr)
     );
 }
+
+/// `rig worker` ingests what is published on the backbone the environment describes (here a
+/// `rig up`), oversized payloads included, and stops cleanly on SIGTERM.
+#[test]
+fn rig_worker_ingests_what_is_published_until_sigterm() {
+    use rig::pubsub::PubsubConnection;
+    use rig::scenarios::fixtures::{self, Aggregate};
+    use rig::storage::StorageConnection;
+
+    let mut up = rig_up();
+    let vars = up.vars.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stderr_path = dir.path().join("worker.stderr");
+    let mut worker = the_rig()
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RIG_LOG", "rig=info")
+        .envs(&vars)
+        .arg("worker")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("worker stderr file"))
+        .spawn()
+        .expect("starting `rig worker`");
+
+    let var = |name: &str| {
+        vars.get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("`rig up` printed no {name}"))
+    };
+    let worker_db = DbConfig::from_lookup(EVENT_STORE_PREFIX, |k| vars.get(k).cloned())
+        .expect("DB_EVENT_STORE_*");
+    let app_db = DbConfig::from_lookup(PRIMARY_PREFIX, |k| vars.get(k).cloned()).expect("DB_*");
+    let env = Environment {
+        target: TargetKind::FromEnvironment,
+        scope: "default".into(),
+        topology: dev_topology(),
+        pubsub: PubsubConnection {
+            endpoint: Some(format!("http://{}", var("PUBSUB_EMULATOR_HOST"))),
+            project_id: var("GOOGLE_CLOUD_PROJECT"),
+        },
+        storage: StorageConnection {
+            endpoint: Some(var("STORAGE_EMULATOR_HOST")),
+            project_id: var("GOOGLE_CLOUD_PROJECT"),
+        },
+        bucket: var("BACKBONE_PAYLOAD_BUCKET"),
+        event_store: worker_db.clone(),
+        event_store_admin: worker_db.clone(),
+        primary: app_db.clone(),
+        primary_admin: app_db,
+        engine: String::new(),
+    };
+    let mut events: Vec<NewEvent> = (0..20u16)
+        .map(|i| {
+            fixtures::event(
+                &Aggregate {
+                    account: 0,
+                    record: usize::from(i % 4),
+                    id: i % 4,
+                },
+                u32::from(i),
+            )
+        })
+        .collect();
+    let mut big = fixtures::event(
+        &Aggregate {
+            account: 1,
+            record: 0,
+            id: 77,
+        },
+        1,
+    );
+    big.payload = serde_json::json!({ "blob": "x".repeat(300 * 1024) }).to_string();
+    events.push(big.clone());
+
+    runtime().block_on(async {
+        rig::producer::Producer::connect(&env, "events.raw")
+            .await
+            .expect("a producer on events.raw")
+            .publish_all(&events)
+            .await
+            .expect("publishing");
+        let store = EventStore::connect(&worker_db, 1)
+            .await
+            .expect("connecting to the event store");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while store.count().await.expect("count") < events.len() as i64 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker stored {} of {} events in 60s; its log:\n{}",
+                store.count().await.unwrap_or(-1),
+                events.len(),
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stored = store
+            .find(&[big.event_id])
+            .await
+            .expect("reading the big event");
+        assert_eq!(
+            stored.get(&big.event_id).map(|row| row.payload.len()),
+            Some(big.payload.len()),
+            "the claim-checked payload is stored whole"
+        );
+        for first in &events[..4] {
+            let same_aggregate = |e: &&NewEvent| {
+                (&e.account_id, &e.aggregate_type, &e.aggregate_id)
+                    == (
+                        &first.account_id,
+                        &first.aggregate_type,
+                        &first.aggregate_id,
+                    )
+            };
+            let want: Vec<Uuid> = events
+                .iter()
+                .filter(same_aggregate)
+                .map(|e| e.event_id)
+                .collect();
+            let got: Vec<Uuid> = store
+                .stream(
+                    &first.account_id,
+                    &first.aggregate_type,
+                    &first.aggregate_id,
+                )
+                .await
+                .expect("reading an aggregate")
+                .iter()
+                .map(|row| row.event_id)
+                .collect();
+            assert_eq!(
+                got, want,
+                "aggregate {} in publish order",
+                first.aggregate_id
+            );
+        }
+    });
+
+    signal(worker.id(), libc::SIGTERM);
+    let status = wait_exit(&mut worker, Duration::from_secs(30));
+    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(status.success(), "rig worker exited {status}:\n{log}");
+    assert!(log.contains("worker stopped"), "{log}");
+    signal(up.child.id(), libc::SIGTERM);
+    let status = wait_exit(&mut up.child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{ServiceError, find_binary, free_port, http_ok, wait_until_ready};
+use super::{ServiceError, find_binary, free_port, http_ok, wait_until_ready, with_port_retries};
 use crate::process::Service;
 
 pub const OVERRIDE: &str = "RIG_FAKE_GCS_SERVER";
@@ -45,6 +45,14 @@ fn go_arch() -> &'static str {
 }
 
 pub async fn start(
+    binary: &Path,
+    dir: &Path,
+    http: &reqwest::Client,
+) -> Result<(Service, u16), ServiceError> {
+    with_port_retries(|| start_once(binary, dir, http)).await
+}
+
+async fn start_once(
     binary: &Path,
     dir: &Path,
     http: &reqwest::Client,

@@ -40,11 +40,70 @@ pub enum ServiceError {
     },
 }
 
-/// A free TCP port on the loopback interface. The OS picks it; the tiny window before the
-/// service binds it is acceptable for a test rig.
+/// A free TCP port on the loopback interface, for a service to bind a moment later.
+///
+/// Picked at random *below* the kernel's ephemeral range: a port the OS handed out with
+/// `bind(0)` can be taken again in that window by any outgoing connection (seen under parallel
+/// tests: the emulator failed with "Address already in use"). Services are still started
+/// with a retry on bind failure (see [`is_port_taken`]).
 pub fn free_port() -> std::io::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (15_000u16, ephemeral_low.saturating_sub(1));
+    if high > low {
+        for _ in 0..64 {
+            let random = u16::from_le_bytes(
+                uuid::Uuid::new_v4().as_bytes()[..2]
+                    .try_into()
+                    .unwrap_or([0, 0]),
+            );
+            let port = low + random % (high - low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Whether a start-up failure was a lost race for the port (then a retry on another port
+/// is the fix).
+fn mentions_port_taken(log: &str) -> bool {
+    // Java and MariaDB say "Address already in use", Go says "address already in use".
+    log.to_ascii_lowercase().contains("address already in use")
+}
+
+pub fn is_port_taken(error: &ServiceError) -> bool {
+    match error {
+        ServiceError::Exited { tail, .. } | ServiceError::NotReady { tail, .. } => {
+            mentions_port_taken(tail)
+        }
+        _ => false,
+    }
+}
+
+/// How many ports a service start tries before giving up.
+pub const PORT_ATTEMPTS: usize = 3;
+
+/// Runs `start` again (it picks a new port each time) when it lost its port to someone else.
+pub async fn with_port_retries<T, F, Fut>(mut start: F) -> Result<T, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match start().await {
+            Err(e) if attempt < PORT_ATTEMPTS && is_port_taken(&e) => {
+                tracing::warn!("port taken while starting a service; retrying on another port");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// First existing file among an override variable, names on PATH and extra directories.
@@ -95,6 +154,17 @@ where
             Ok(()) => return Ok(start.elapsed()),
             Err(e) => last_error = e,
         }
+        // A JVM whose server failed to bind keeps running: read the log rather than wait.
+        let tail = service.log_tail(4000);
+        if mentions_port_taken(&tail) {
+            return Err(ServiceError::NotReady {
+                service: service.name().to_string(),
+                waited: start.elapsed(),
+                last_error: "its port was taken before it could bind".into(),
+                log: service.log_path().display().to_string(),
+                tail,
+            });
+        }
         if start.elapsed() > limit {
             return Err(ServiceError::NotReady {
                 service: service.name().to_string(),
@@ -120,5 +190,38 @@ pub async fn http_ok(client: &reqwest::Client, url: &str) -> Result<(), String> 
         Ok(())
     } else {
         Err(format!("HTTP {}", response.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_port_race_is_recognised_in_every_services_words() {
+        let exited = |tail: &str| ServiceError::Exited {
+            service: "s".into(),
+            status: "exit status: 1".into(),
+            log: "l".into(),
+            tail: tail.into(),
+        };
+        assert!(is_port_taken(&exited(
+            "java.net.BindException: Address already in use"
+        )));
+        assert!(is_port_taken(&exited(
+            "listen tcp 127.0.0.1:1: bind: address already in use"
+        )));
+        assert!(is_port_taken(&exited(
+            "[ERROR] Can't start server: Bind on TCP/IP port. Got error: 98: Address already in use"
+        )));
+        assert!(!is_port_taken(&exited(
+            "Aria engine: log initialization failed"
+        )));
+    }
+
+    #[test]
+    fn free_ports_can_be_bound() {
+        let port = free_port().unwrap();
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
-use super::{ServiceError, find_binary, free_port, wait_until_ready};
+use super::{ServiceError, find_binary, free_port, wait_until_ready, with_port_retries};
 use crate::process::Service;
 
 pub const SERVER_OVERRIDE: &str = "RIG_MYSQLD";
@@ -172,6 +172,10 @@ impl MysqlServer {
 }
 
 pub async fn start(engine: &Engine, name: &str, dir: &Path) -> Result<MysqlServer, ServiceError> {
+    with_port_retries(|| start_once(engine, name, dir)).await
+}
+
+async fn start_once(engine: &Engine, name: &str, dir: &Path) -> Result<MysqlServer, ServiceError> {
     let spawn_err = |source| ServiceError::Spawn {
         service: name.to_string(),
         source,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{ServiceError, find_binary, free_port, http_ok, wait_until_ready};
+use super::{ServiceError, find_binary, free_port, http_ok, wait_until_ready, with_port_retries};
 use crate::process::Service;
 
 pub const JAR_OVERRIDE: &str = "RIG_PUBSUB_EMULATOR_JAR";
@@ -68,6 +68,15 @@ pub fn locate_java() -> Result<PathBuf, ServiceError> {
 
 /// Starts the emulator; returns it with its port once the REST API answers.
 pub async fn start(
+    java: &Path,
+    jar: &Path,
+    dir: &Path,
+    http: &reqwest::Client,
+) -> Result<(Service, u16), ServiceError> {
+    with_port_retries(|| start_once(java, jar, dir, http)).await
+}
+
+async fn start_once(
     java: &Path,
     jar: &Path,
     dir: &Path,
