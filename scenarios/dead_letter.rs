@@ -387,11 +387,7 @@ fn run_bad_input(ctx: &Context) -> ScenarioReport {
                 })
                 .await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let stats = worker
-                    .stop()
-                    .await
-                    .map(|s| s.summary())
-                    .unwrap_or_else(|e| format!("{e:#}"));
+                let stats = worker.stop_and_describe().await;
                 let dead = dlq.stop().await;
                 let rows = store.all().await?;
                 let mut violations = Vec::new();

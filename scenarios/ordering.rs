@@ -194,12 +194,7 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut stats = Vec::new();
     for w in workers {
-        stats.push(
-            w.stop()
-                .await
-                .map(|s| s.summary())
-                .unwrap_or_else(|e| format!("{e:#}")),
-        );
+        stats.push(w.stop_and_describe().await);
     }
     let merged = merged.stop().await;
     // With the workers gone, ask the emulator directly what it would hand out now: evidence

@@ -171,11 +171,7 @@ async fn check(
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = worker
-        .stop()
-        .await
-        .map(|s| s.summary())
-        .unwrap_or_else(|e| format!("{e:#}"));
+    let stats = worker.stop_and_describe().await;
     let dead = dlq.stop().await;
 
     let exact_bytes = env.engine.contains("MariaDB");

@@ -56,6 +56,15 @@ impl RunningWorker {
         self.task.is_finished()
     }
 
+    /// Stops the worker and describes how it ran, for failure messages: its counters, or
+    /// the error its stream ended with.
+    pub async fn stop_and_describe(self) -> String {
+        self.stop()
+            .await
+            .map(|s| s.summary())
+            .unwrap_or_else(|e| format!("{e:#}"))
+    }
+
     /// Stops the worker (in-hand work finishes, queued messages are nacked) and returns how
     /// its run ended: `Err` carries a stream failure.
     pub async fn stop(self) -> anyhow::Result<Arc<WorkerStats>> {

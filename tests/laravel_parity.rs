@@ -6,15 +6,14 @@
 //! The PHP scripts in laravel/bin are run with a cleared environment: only PATH and the
 //! variables laravel/README.md documents reach them.
 
+mod support;
+use support::{connect, deployed};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rig::environment::Environment;
 use rig::event_store::{DbConfig, EVENT_STORE_PREFIX, EventStore, PRIMARY_PREFIX};
-use rig::target::{Backbone, TargetKind};
-use rig::topology::Topology;
-use sqlx::mysql::MySqlConnection;
-use sqlx::{AssertSqlSafe, ConnectOptions, Row};
+use sqlx::{AssertSqlSafe, Row};
 
 const PHP_MISSING: &str = "php not found: apt-get install --no-install-recommends php-cli php-mysql php-illuminate-database";
 const LARAVEL_MIGRATION: &str =
@@ -22,35 +21,6 @@ const LARAVEL_MIGRATION: &str =
 
 fn laravel_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("laravel")
-}
-
-async fn deployed(scope: &str) -> (Backbone, Environment) {
-    let root = Topology::default_root();
-    let topology = Topology::load(&root, "dev")
-        .unwrap_or_else(|e| panic!("loading the dev topology from {}: {e}", root.display()));
-    let backbone = Backbone::start(TargetKind::Local)
-        .await
-        .unwrap_or_else(|e| panic!("starting the local backbone: {e:#}"));
-    match backbone.deploy(scope, &topology).await {
-        Ok(deployment) => (backbone, deployment.environment),
-        Err(e) => panic!(
-            "deploying scope {scope}: {e:#}\n{}",
-            backbone.log_tails(2000)
-        ),
-    }
-}
-
-async fn connect(config: &DbConfig) -> MySqlConnection {
-    config
-        .connect_options()
-        .connect()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "connecting as {} to {}:{}/{}: {e}",
-                config.username, config.host, config.port, config.database
-            )
-        })
 }
 
 /// What a PHP script printed and how it exited.

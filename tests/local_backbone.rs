@@ -6,6 +6,9 @@
 //! Needs what `./x install` installs (Java + the Pub/Sub emulator, fake-gcs-server, MariaDB); a
 //! missing binary fails the test with the package to install.
 
+mod support;
+use support::{connect, deployed, dev_topology};
+
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -20,7 +23,6 @@ use rig::event_store::{
 };
 use rig::process::process_alive;
 use rig::target::{Backbone, TargetKind};
-use rig::topology::Topology;
 use sqlx::mysql::MySqlConnection;
 use sqlx::{ConnectOptions, Connection, Row};
 use uuid::Uuid;
@@ -28,39 +30,6 @@ use uuid::Uuid;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn dev_topology() -> Topology {
-    let root = Topology::default_root();
-    Topology::load(&root, "dev")
-        .unwrap_or_else(|e| panic!("loading the dev topology from {}: {e}", root.display()))
-}
-
-/// A fresh local backbone with `scope` deployed on it. On failure the services' logs are shown.
-async fn deployed(scope: &str) -> (Backbone, Environment) {
-    let backbone = Backbone::start(TargetKind::Local)
-        .await
-        .unwrap_or_else(|e| panic!("starting the local backbone: {e:#}"));
-    match backbone.deploy(scope, &dev_topology()).await {
-        Ok(deployment) => (backbone, deployment.environment),
-        Err(e) => panic!(
-            "deploying scope {scope}: {e:#}\n{}",
-            backbone.log_tails(2000)
-        ),
-    }
-}
-
-async fn connect(config: &DbConfig) -> MySqlConnection {
-    config
-        .connect_options()
-        .connect()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "connecting as {} to {}:{}/{}: {e}",
-                config.username, config.host, config.port, config.database
-            )
-        })
-}
 
 /// Runs `sql` and returns the server's error number; panics if the statement succeeded.
 async fn refused(conn: &mut MySqlConnection, sql: &'static str) -> u16 {

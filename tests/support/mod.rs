@@ -1,0 +1,42 @@
+//! Helpers shared by the integration test binaries (each includes this module).
+
+use rig::environment::Environment;
+use rig::event_store::DbConfig;
+use rig::target::{Backbone, TargetKind};
+use rig::topology::Topology;
+use sqlx::ConnectOptions;
+use sqlx::mysql::MySqlConnection;
+
+/// The dev environment's topology, read from the repository's Terraform.
+pub fn dev_topology() -> Topology {
+    let root = Topology::default_root();
+    Topology::load(&root, "dev")
+        .unwrap_or_else(|e| panic!("loading the dev topology from {}: {e}", root.display()))
+}
+
+/// A fresh local backbone with `scope` deployed on it; a failed deploy shows the services' logs.
+pub async fn deployed(scope: &str) -> (Backbone, Environment) {
+    let backbone = Backbone::start(TargetKind::Local)
+        .await
+        .unwrap_or_else(|e| panic!("starting the local backbone: {e:#}"));
+    match backbone.deploy(scope, &dev_topology()).await {
+        Ok(deployment) => (backbone, deployment.environment),
+        Err(e) => panic!(
+            "deploying scope {scope}: {e:#}\n{}",
+            backbone.log_tails(2000)
+        ),
+    }
+}
+
+pub async fn connect(config: &DbConfig) -> MySqlConnection {
+    config
+        .connect_options()
+        .connect()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "connecting as {} to {}:{}/{}: {e}",
+                config.username, config.host, config.port, config.database
+            )
+        })
+}
