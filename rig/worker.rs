@@ -35,6 +35,11 @@ use crate::envelope::{self, PayloadSource};
 use crate::environment::Environment;
 use crate::event_store::{AppendError, Appended, EventStore};
 
+/// How long a key's loop waits for its next message before it ends.
+const KEY_IDLE: Duration = Duration::from_secs(30);
+/// How many event ids the worker remembers as published to merged (see `Core::published`).
+const PUBLISHED_MEMORY: usize = 100_000;
+
 /// What the worker reads and writes, taken from the Terraform topology.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -227,8 +232,16 @@ impl Worker {
             if *shutdown.borrow() {
                 break Ok(());
             }
+            // Finished per-key loops and single deliveries are reaped as we go.
+            while tasks.try_join_next().is_some() {}
             let next = tokio::select! {
-                _ = shutdown.changed() => continue,
+                changed = shutdown.changed() => {
+                    // A dropped sender means nobody can stop us any more: stop now.
+                    if changed.is_err() {
+                        break Ok(());
+                    }
+                    continue;
+                }
                 next = stream.next() => next,
             };
             let (message, handler) = match next {
@@ -253,13 +266,22 @@ impl Worker {
                 tasks.spawn(async move { core.deliver(message, handler).await });
                 continue;
             }
-            let sender = keys.entry(message.ordering_key.clone()).or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tasks.spawn(self.core.clone().key_loop(rx));
-                tx
-            });
-            if let Err(mpsc::error::SendError((_, handler))) = sender.send((message, handler)) {
-                handler.nack();
+            let key = message.ordering_key.clone();
+            let mut delivery = (message, handler);
+            // A key's loop ends after a quiet spell; a closed channel means "start another".
+            for _ in 0..2 {
+                let sender = keys.entry(key.clone()).or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tasks.spawn(self.core.clone().key_loop(rx));
+                    tx
+                });
+                match sender.send(delivery) {
+                    Ok(()) => break,
+                    Err(mpsc::error::SendError(returned)) => {
+                        keys.remove(&key);
+                        delivery = returned;
+                    }
+                }
             }
         };
         self.core.stopping.store(true, Ordering::SeqCst);
@@ -300,7 +322,17 @@ impl Core {
     /// messages of its key are outstanding.
     async fn key_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(Message, Handler)>) {
         let mut blocked: Option<(String, Instant)> = None;
-        while let Some((message, handler)) = rx.recv().await {
+        loop {
+            let next = match tokio::time::timeout(KEY_IDLE, rx.recv()).await {
+                Ok(next) => next,
+                // Idle and not waiting for a redelivery: end, so that keys seen once do not
+                // each keep a task and a channel for the life of the worker.
+                Err(_) if blocked.is_none() => break,
+                Err(_) => continue,
+            };
+            let Some((message, handler)) = next else {
+                break;
+            };
             if self.stopping.load(Ordering::SeqCst) {
                 drop(handler); // dropping a handler nacks it
                 continue;
@@ -411,6 +443,10 @@ impl Core {
                 return Disposition::Nack;
             }
             if let Ok(mut set) = self.published.lock() {
+                // Bounded: forgetting only risks a duplicate on merged, which is at-least-once.
+                if set.len() >= PUBLISHED_MEMORY {
+                    set.clear();
+                }
                 set.insert(event.event_id);
             }
         }
@@ -466,13 +502,23 @@ pub async fn run_until(
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let env = env.clone();
-    let supervisor = tokio::spawn(async move {
+    let mut supervisor = tokio::spawn(async move {
+        let mut stop_rx = stop_rx;
         let mut backoff = Duration::from_secs(1);
         loop {
             if *stop_rx.borrow() {
                 return Ok::<_, anyhow::Error>(());
             }
-            let worker = Worker::connect(&env, options.clone(), Arc::new(NoFaults)).await?;
+            // Connecting can fail too (database down, wrong password): say so and retry.
+            let worker = match Worker::connect(&env, options.clone(), Arc::new(NoFaults)).await {
+                Ok(worker) => worker,
+                Err(e) => {
+                    tracing::warn!("{e:#}; retrying in {backoff:?}");
+                    pause(backoff, &mut stop_rx).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
             let stats = worker.stats();
             let progress = tokio::spawn(async move {
                 loop {
@@ -489,14 +535,23 @@ pub async fn run_until(
                 }
                 Err(e) => {
                     tracing::warn!("{e:#}; restarting in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
+                    pause(backoff, &mut stop_rx).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
     });
-    let signal = stop.await;
-    tracing::info!("{signal}: finishing in-hand messages");
-    let _ = stop_tx.send(true);
-    supervisor.await?
+    tokio::select! {
+        signal = stop => {
+            tracing::info!("{signal}: finishing in-hand messages");
+            let _ = stop_tx.send(true);
+            supervisor.await?
+        }
+        ended = &mut supervisor => ended?,
+    }
+}
+
+/// Waits `backoff`, or less if a stop is asked for meanwhile.
+async fn pause(backoff: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = tokio::time::timeout(backoff, stop.changed()).await;
 }
