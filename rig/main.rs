@@ -83,7 +83,7 @@ enum Command {
     },
     /// Print the topology the rig reads from the Terraform.
     Topology {
-        #[arg(long, short, default_value = "dev")]
+        #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
         environment: String,
     },
 }
@@ -141,6 +141,19 @@ impl Signals {
     }
 }
 
+/// Writes a file only its owner can read: the environment holds database passwords.
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
 /// Provisions the default scope; on failure the services' logs go with the error.
 async fn deploy_or_show_logs(
     backbone: &Backbone,
@@ -193,7 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{line}");
             }
             if let Some(path) = &env_file {
-                std::fs::write(path, exports.join("\n") + "\n")
+                write_private(path, &(exports.join("\n") + "\n"))
                     .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!(
                     "environment written to {}: `source {}` in another shell",

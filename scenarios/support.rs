@@ -78,7 +78,8 @@ impl RunningWorker {
 }
 
 /// Everything delivered on a subscription, acknowledged and kept in arrival order.
-/// It runs in its own task: a stream's `next()` must not be cancelled mid-way.
+/// It runs in its own task: a stream's `next()` must not be cancelled by other work (a
+/// cancelled first call can leave the stream unable to deliver); only the final stop cancels it.
 pub struct Collector {
     messages: Arc<Mutex<Vec<Message>>>,
     error: Arc<Mutex<Option<String>>>,

@@ -58,7 +58,7 @@ impl Backbone {
         match kind {
             TargetKind::Local => Ok(Backbone::Local(LocalBackbone::start().await?)),
             TargetKind::FromEnvironment => anyhow::bail!(
-                "a backbone described by environment variables is not started by the rig; `rig worker` uses it"
+                "a backbone described by environment variables is not started by the rig: use it with `rig validate --target env` or `rig worker`"
             ),
         }
     }
