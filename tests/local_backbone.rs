@@ -1298,3 +1298,21 @@ fn rig_worker_ingests_what_is_published_until_sigterm() {
     let status = wait_exit(&mut up.child, Duration::from_secs(30));
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn rig_up_stops_everything_on_ctrl_c() {
+    // Ctrl-C in a terminal is SIGINT: the same orderly stop as SIGTERM.
+    let (children, dirs, status) = rig_up_then(libc::SIGINT);
+    assert!(
+        status.success(),
+        "rig up should exit 0 after SIGINT: {status}"
+    );
+    let left: Vec<_> = children
+        .iter()
+        .filter(|(pid, stat)| still_running(*pid, *stat))
+        .collect();
+    assert!(left.is_empty(), "children outlived `rig up`: {left:?}");
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} outlived `rig up`", dir.display());
+    }
+}
