@@ -108,13 +108,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Work still running after a signal (a scenario in its blocking thread) gets a moment, not
+    // forever; its child processes die with the rig either way (see rig/process.rs).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 /// SIGINT and SIGTERM, listened to from the start: a signal that arrives at any point, even
@@ -256,7 +260,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let run = tokio::task::spawn_blocking(move || suite::run(&options, handle));
             tokio::select! {
                 r = run => Ok(if r?? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
-                s = signals.next() => { eprintln!("{s}: scenarios stopped"); Ok(ExitCode::from(130)) }
+                s = signals.next() => {
+                    // The scenario in progress runs in a blocking thread that cannot be
+                    // interrupted cleanly: exit now. The services die with the rig
+                    // (PR_SET_PDEATHSIG) and the next rig removes the temp dir.
+                    eprintln!("{s}: scenarios stopped");
+                    std::process::exit(130)
+                }
             }
         }
         Command::Worker { environment } => {
