@@ -1013,14 +1013,14 @@ fn rig_up_then(
     (children, dirs, status)
 }
 
-#[test]
-fn rig_up_stops_everything_on_sigterm() {
-    let (children, dirs, status) = rig_up_then(libc::SIGTERM);
+/// Sends `sig` to `rig up` and checks the orderly stop: exit 0, every child reaped before the
+/// rig exits (nothing may be left, not even briefly), the temp dir removed.
+fn assert_orderly_stop(sig: libc::c_int, name: &str) {
+    let (children, dirs, status) = rig_up_then(sig);
     assert!(
         status.success(),
-        "rig up should exit 0 after SIGTERM: {status}"
+        "rig up should exit 0 after {name}: {status}"
     );
-    // The rig reaps its children before exiting: nothing may be left, not even briefly.
     let left: Vec<_> = children
         .iter()
         .filter(|(pid, stat)| still_running(*pid, *stat))
@@ -1029,6 +1029,11 @@ fn rig_up_stops_everything_on_sigterm() {
     for dir in &dirs {
         assert!(!dir.exists(), "{} outlived `rig up`", dir.display());
     }
+}
+
+#[test]
+fn rig_up_stops_everything_on_sigterm() {
+    assert_orderly_stop(libc::SIGTERM, "SIGTERM");
 }
 
 #[test]
@@ -1302,17 +1307,5 @@ fn rig_worker_ingests_what_is_published_until_sigterm() {
 #[test]
 fn rig_up_stops_everything_on_ctrl_c() {
     // Ctrl-C in a terminal is SIGINT: the same orderly stop as SIGTERM.
-    let (children, dirs, status) = rig_up_then(libc::SIGINT);
-    assert!(
-        status.success(),
-        "rig up should exit 0 after SIGINT: {status}"
-    );
-    let left: Vec<_> = children
-        .iter()
-        .filter(|(pid, stat)| still_running(*pid, *stat))
-        .collect();
-    assert!(left.is_empty(), "children outlived `rig up`: {left:?}");
-    for dir in &dirs {
-        assert!(!dir.exists(), "{} outlived `rig up`", dir.display());
-    }
+    assert_orderly_stop(libc::SIGINT, "SIGINT");
 }
