@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let topology = Topology::load(&Topology::default_root(), "dev")?;
     let env = match backbone.deploy("bench", &topology).await {
         Ok(deployment) => deployment.environment,
-        Err(e) => bail!("deploying: {e:#}\n{}", backbone.log_tails(2000)),
+        Err(e) => bail!("deploying: {e:#}"),
     };
     println!("event store: {}", env.engine);
     println!(

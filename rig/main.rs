@@ -158,20 +158,6 @@ fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> 
     file.write_all(contents.as_bytes())
 }
 
-/// Provisions the default scope; on failure the services' logs go with the error.
-async fn deploy_or_show_logs(
-    backbone: &Backbone,
-    topology: &Topology,
-) -> anyhow::Result<rig::target::Deployment> {
-    match backbone.deploy("default", topology).await {
-        Ok(deployment) => Ok(deployment),
-        Err(e) => {
-            eprintln!("service logs (last lines):\n{}", backbone.log_tails(1500));
-            Err(e)
-        }
-    }
-}
-
 fn load_topology(environment: &str) -> anyhow::Result<Topology> {
     let root = Topology::default_root();
     Topology::load(&root, environment)
@@ -193,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let started = Instant::now();
             let work = async {
                 let backbone = Backbone::start(args.target).await?;
-                let deployment = deploy_or_show_logs(&backbone, &topology).await?;
+                let deployment = backbone.deploy("default", &topology).await?;
                 Ok::<_, anyhow::Error>((backbone, deployment))
             };
             let (backbone, deployment) = tokio::select! {
@@ -284,7 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 let started = Instant::now();
                 let backbone = Backbone::start(target.target).await?;
-                let deployment = deploy_or_show_logs(&backbone, &topology).await?;
+                let deployment = backbone.deploy("default", &topology).await?;
                 let up = Check {
                     name: format!("bring up and provision the {} backbone", target.target),
                     outcome: Outcome::Pass,

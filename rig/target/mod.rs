@@ -84,9 +84,16 @@ impl Backbone {
         topology: &Topology,
         migrator: &sqlx::migrate::Migrator,
     ) -> anyhow::Result<Deployment> {
-        match self {
+        let deployed = match self {
             Backbone::Local(local) => local.deploy(scope, topology, migrator).await,
-        }
+        };
+        // Whoever provisions sees why it failed: the services' own words travel with the error.
+        deployed.map_err(|e| {
+            e.context(format!(
+                "provisioning failed; service logs (last lines):\n{}",
+                self.log_tails(1500)
+            ))
+        })
     }
 
     /// The event store's engine as banners name it (a MariaDB says it is a stand-in).

@@ -14,17 +14,15 @@ pub fn dev_topology() -> Topology {
         .unwrap_or_else(|e| panic!("loading the dev topology from {}: {e}", root.display()))
 }
 
-/// A fresh local backbone with `scope` deployed on it; a failed deploy shows the services' logs.
+/// A fresh local backbone with `scope` deployed on it (a failed deploy's error carries the
+/// services' logs).
 pub async fn deployed(scope: &str) -> (Backbone, Environment) {
     let backbone = Backbone::start(TargetKind::Local)
         .await
         .unwrap_or_else(|e| panic!("starting the local backbone: {e:#}"));
     match backbone.deploy(scope, &dev_topology()).await {
         Ok(deployment) => (backbone, deployment.environment),
-        Err(e) => panic!(
-            "deploying scope {scope}: {e:#}\n{}",
-            backbone.log_tails(2000)
-        ),
+        Err(e) => panic!("deploying scope {scope}: {e:#}"),
     }
 }
 
