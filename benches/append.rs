@@ -13,7 +13,7 @@ use anyhow::{Context, bail, ensure};
 use chrono::Utc;
 use rig::environment::Environment;
 use rig::event_store::{Appended, DbConfig, EventStore, NewEvent};
-use rig::target::{Backbone, TargetKind};
+use rig::targets::{Backbone, TargetKind};
 use rig::topology::Topology;
 use tokio::sync::Mutex;
 

@@ -10,11 +10,11 @@ use anyhow::{Context, bail};
 use rig::event_store::EventStore;
 use rig::producer::Producer;
 use rig::provision::subscription_model;
-use rig::scenarios::fixtures::{self, Aggregate};
-use rig::scenarios::support::{Collector, RunningWorker};
-use rig::target::{Backbone, TargetKind};
+use rig::targets::{Backbone, TargetKind};
 use rig::topology::Topology;
 use rig::worker::{NoFaults, WorkerOptions};
+use scenarios::fixtures::{self, Aggregate};
+use scenarios::support::{Collector, RunningWorker};
 
 const EVENTS: usize = 10_000;
 const KEYS: u16 = 100;
@@ -135,5 +135,5 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    rig::scenarios::support::wait_for(limit, &mut done).await
+    scenarios::support::wait_for(limit, &mut done).await
 }

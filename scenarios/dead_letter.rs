@@ -21,12 +21,12 @@ use super::support::{
     Collector, Failures, FaultPlan, RunningWorker, Wiring, block_on, event_id_of, wait_for,
 };
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use crate::divergence::Divergence;
-use crate::envelope;
-use crate::environment::Environment;
-use crate::event_store::EventStore;
-use crate::producer::Producer;
-use crate::provision;
+use rig::divergence::Divergence;
+use rig::envelope;
+use rig::environment::Environment;
+use rig::event_store::EventStore;
+use rig::producer::Producer;
+use rig::provision;
 
 /// The epic's requirement, independent of what the Terraform currently says.
 pub const EPIC_MAX_DELIVERY_ATTEMPTS: u32 = 5;
@@ -306,7 +306,7 @@ fn corrupt(
     env: &Environment,
     i: usize,
     corruption: Corruption,
-) -> (Message, crate::event_store::NewEvent) {
+) -> (Message, rig::event_store::NewEvent) {
     let event = fixtures::event(
         &Aggregate {
             account: 1,

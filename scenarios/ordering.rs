@@ -16,9 +16,9 @@ use super::support::{
     Collector, Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of, wait_for,
 };
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use crate::envelope;
-use crate::event_store::EventStore;
-use crate::producer::Producer;
+use rig::envelope;
+use rig::event_store::EventStore;
+use rig::producer::Producer;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "ordering",
@@ -247,7 +247,7 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
     if stalled_keys.is_empty() {
         return Ok(Ok(CaseNotes::default()));
     }
-    let divergence = crate::divergence::Divergence {
+    let divergence = rig::divergence::Divergence {
         service: "pubsub-emulator".into(),
         feature: "redelivery on an ordered subscription after nacks".into(),
         observed: format!(
@@ -293,7 +293,7 @@ fn describe(want: &[uuid::Uuid], got: &[uuid::Uuid]) -> String {
 /// How many messages a unary REST pull returns right now (the emulator's view of what is
 /// deliverable, without the streaming machinery).
 async fn unary_pull_count(
-    env: &crate::environment::Environment,
+    env: &rig::environment::Environment,
     subscription: &str,
 ) -> Result<usize, String> {
     let endpoint = env.pubsub.endpoint.clone().ok_or("not an emulator")?;

@@ -15,11 +15,11 @@ use super::support::{
     Collector, FaultPlan, RunningWorker, Wiring, block_on, event_id_of, wait_for,
 };
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use crate::claim_check::DEFAULT_THRESHOLD_BYTES;
-use crate::envelope;
-use crate::event_store::EventStore;
-use crate::producer::Producer;
-use crate::storage::StorageConnection;
+use rig::claim_check::DEFAULT_THRESHOLD_BYTES;
+use rig::envelope;
+use rig::event_store::EventStore;
+use rig::producer::Producer;
+use rig::storage::StorageConnection;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "oversized_payloads",

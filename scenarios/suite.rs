@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use super::{Runner, ScenarioReport, World, all, cases_from_env, mutations, seed_from_env};
-use crate::report::{JunitCase, Outcome, Table, junit, seconds};
-use crate::target::{Backbone, TargetKind};
+use rig::report::{JunitCase, Outcome, Table, junit, seconds};
+use rig::targets::{Backbone, TargetKind};
 
 pub struct Options {
     pub environment: String,

@@ -10,8 +10,8 @@ use google_cloud_pubsub::model::Message;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::environment::Environment;
-use crate::worker::{Fault, Faults, Worker, WorkerOptions, WorkerStats};
+use rig::environment::Environment;
+use rig::worker::{Fault, Faults, Worker, WorkerOptions, WorkerStats};
 
 /// Polls `done` every 100 ms until it returns true or `limit` passes; returns whether it did.
 pub async fn wait_for<F, Fut>(limit: Duration, mut done: F) -> bool
@@ -224,7 +224,7 @@ impl Faults for FaultPlan {
 pub fn event_id_of(message: &Message) -> Option<uuid::Uuid> {
     message
         .attributes
-        .get(crate::envelope::EVENT_ID)
+        .get(rig::envelope::EVENT_ID)
         .and_then(|id| uuid::Uuid::parse_str(id).ok())
 }
 
@@ -246,7 +246,7 @@ pub fn block_on<F: Future>(ctx: &super::Context, f: F) -> F::Output {
 
 /// The worker's side of a deployed environment, all read from its Terraform.
 pub struct Wiring {
-    pub options: crate::worker::WorkerOptions,
+    pub options: rig::worker::WorkerOptions,
     /// The topic the worker's subscription reads: where producers publish.
     pub raw_topic: String,
     /// The subscription that keeps dead letters.

@@ -15,9 +15,9 @@ use super::support::{
     Collector, FaultPlan, RunningWorker, Wiring, block_on, event_id_of, wait_for,
 };
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use crate::envelope;
-use crate::event_store::{EventStore, NewEvent};
-use crate::producer::Producer;
+use rig::envelope;
+use rig::event_store::{EventStore, NewEvent};
+use rig::producer::Producer;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "event_id_uniqueness",

@@ -22,7 +22,7 @@ use rig::event_store::{
     mysql_error_number,
 };
 use rig::process::process_alive;
-use rig::target::{Backbone, TargetKind};
+use rig::targets::{Backbone, TargetKind};
 use sqlx::mysql::MySqlConnection;
 use sqlx::{ConnectOptions, Connection, Row};
 use uuid::Uuid;
@@ -1162,8 +1162,8 @@ fn rig_scenarios_prints_a_results_table_and_junit() {
 #[test]
 fn rig_worker_ingests_what_is_published_until_sigterm() {
     use rig::pubsub::PubsubConnection;
-    use rig::scenarios::fixtures::{self, Aggregate};
     use rig::storage::StorageConnection;
+    use scenarios::fixtures::{self, Aggregate};
 
     let mut up = rig_up();
     let vars = up.vars.clone();

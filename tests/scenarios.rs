@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use rig::report::Outcome;
-use rig::scenarios::{self, Runner, ScenarioReport, World};
-use rig::target::{Backbone, TargetKind};
+use rig::targets::{Backbone, TargetKind};
+use scenarios::{self, Runner, ScenarioReport, World};
 
 struct Shared {
     runtime: tokio::runtime::Runtime,

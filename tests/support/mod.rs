@@ -2,7 +2,7 @@
 
 use rig::environment::Environment;
 use rig::event_store::DbConfig;
-use rig::target::{Backbone, TargetKind};
+use rig::targets::{Backbone, TargetKind};
 use rig::topology::Topology;
 use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnection;

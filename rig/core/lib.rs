@@ -1,7 +1,7 @@
 //! backbone-rig: brings up the event backbone (Pub/Sub, GCS, the MySQL event store) locally or
 //! points at it, provisions it from the Terraform, and proves its guarantees.
 //!
-//! Data flows one way: Terraform → [`topology`] → [`target`] (services + [`provision`]) →
+//! Data flows one way: Terraform → [`topology`] → [`targets`] (services + [`provision`]) →
 //! [`environment::Environment`] (endpoints, credentials) → clients ([`pubsub`], [`storage`],
 //! [`event_store`]) → [`validate`] / scenarios → [`report`]. See ARCHITECTURE.md.
 
@@ -17,12 +17,10 @@ pub mod pubsub;
 pub mod report;
 pub mod services;
 pub mod storage;
-pub mod target;
-pub mod topology;
+pub mod targets;
 pub mod validate;
 pub mod worker;
 
-// The scenarios live in the top-level `scenarios/` directory (the layout the design card
-// names) but are part of this library, because the `rig scenarios` command runs them.
-#[path = "../scenarios/mod.rs"]
-pub mod scenarios;
+/// The topology is its own crate (`rig/topology`), so the Terraform side builds without the
+/// Google crates or sqlx; re-exported so the rig speaks of one `topology`.
+pub use rig_topology as topology;

@@ -134,6 +134,16 @@ impl TopologyError {
     }
 }
 
+/// The repository this crate was built from (the crate lives in `rig/topology`).
+pub fn repository_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest)
+        .to_path_buf()
+}
+
 impl Topology {
     /// Reads infra/terraform/envs/<environment> (+ the modules it calls) under `terraform_root`.
     pub fn load(terraform_root: &Path, environment: &str) -> Result<Topology, TopologyError> {
@@ -141,11 +151,11 @@ impl Topology {
         Topology::from_configuration(&config, environment)
     }
 
-    /// `CARGO_MANIFEST_DIR/infra/terraform`, or `RIG_TERRAFORM_ROOT` when set.
+    /// `infra/terraform` in this repository, or `RIG_TERRAFORM_ROOT` when set.
     pub fn default_root() -> PathBuf {
         std::env::var_os("RIG_TERRAFORM_ROOT")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/terraform"))
+            .unwrap_or_else(|| repository_root().join("infra/terraform"))
     }
 
     /// Environment names: the directories under `<terraform_root>/envs`.

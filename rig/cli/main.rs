@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rig::environment::shell_export;
 use rig::report::Outcome;
-use rig::scenarios::suite;
-use rig::target::{Backbone, TargetKind};
+use rig::targets::{Backbone, TargetKind};
 use rig::topology::Topology;
 use rig::validate::{self, Check};
+use scenarios::suite;
 
 #[derive(Parser)]
 #[command(

@@ -17,7 +17,7 @@ pub use event::{InvalidEvent, NewEvent, StoredEvent};
 
 /// The migrations in `migrations/`, embedded at build time: the rig, CI and the real
 /// environments all apply these same files.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 const DUPLICATE_KEY: u16 = 1062;
 /// Rows per multi-row INSERT: large enough to amortise round trips, small enough that one

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
-use crate::divergence::Divergence;
-use crate::environment::Environment;
-use crate::report::Outcome;
-use crate::target::Backbone;
-use crate::topology::Topology;
+use rig::divergence::Divergence;
+use rig::environment::Environment;
+use rig::report::Outcome;
+use rig::targets::Backbone;
+use rig::topology::Topology;
 
 /// What a scenario runs against: the backbone, and the world as the Terraform and the
 /// migrations describe it (mutation tests hand in a broken copy).
@@ -79,7 +79,7 @@ impl Context {
                 self.world
                     .migrator
                     .as_deref()
-                    .unwrap_or(&crate::event_store::MIGRATOR),
+                    .unwrap_or(&rig::event_store::MIGRATOR),
             )
             .await?;
         let mut env = deployment.environment;
@@ -217,7 +217,7 @@ where
             Outcome::Fail,
             format!(
                 "invariant violated: {reason}\nminimal failing case: {case:#?}\nreplay: RIG_SCENARIO_SEED={} PROPTEST_CASES={cases} cargo test --test scenarios -- --exact scenario::{}",
-                crate::envelope::hex(&ctx.seed),
+                rig::envelope::hex(&ctx.seed),
                 scenario.name
             ),
         ),

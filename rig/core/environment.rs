@@ -3,7 +3,7 @@
 use crate::event_store::{DbConfig, EVENT_STORE_PREFIX, PRIMARY_PREFIX};
 use crate::pubsub::PubsubConnection;
 use crate::storage::StorageConnection;
-use crate::target::TargetKind;
+use crate::targets::TargetKind;
 use crate::topology::Topology;
 
 /// One deployed backbone: a Pub/Sub project, a bucket, an event store database and a primary

@@ -13,7 +13,7 @@ use crate::provision;
 use crate::pubsub::PubsubConnection;
 use crate::services::{fake_gcs, mysql, pubsub_emulator};
 use crate::storage::StorageConnection;
-use crate::target::TargetKind;
+use crate::targets::TargetKind;
 use crate::topology::Topology;
 
 /// The worker's database user, as the epic names it.

@@ -553,7 +553,7 @@ async fn primary_snapshot(env: &Environment) -> anyhow::Result<PrimarySnapshot> 
     let mut conn = connect(&env.primary_admin)
         .await
         .context("connecting to the primary database")?;
-    let checksums = env.target == crate::target::TargetKind::Local;
+    let checksums = env.target == crate::targets::TargetKind::Local;
     let names: Vec<String> = sqlx::query("SHOW TABLES")
         .fetch_all(&mut conn)
         .await?
