@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use chrono::Utc;
 use rig::environment::Environment;
 use rig::event_store::{Appended, DbConfig, EventStore, NewEvent};
@@ -27,14 +27,11 @@ const TARGET_BATCHED: f64 = 60_000.0;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let backbone = Backbone::start(TargetKind::Local)
+    let topology = Topology::of_repository("dev")?;
+    let (_backbone, deployment) = Backbone::up(TargetKind::Local, "bench", &topology)
         .await
-        .context("starting the local backbone")?;
-    let topology = Topology::load(&Topology::default_root(), "dev")?;
-    let env = match backbone.deploy("bench", &topology).await {
-        Ok(deployment) => deployment.environment,
-        Err(e) => bail!("deploying: {e:#}"),
-    };
+        .context("bringing up the local backbone")?;
+    let env = deployment.environment;
     println!("event store: {}", env.engine);
     println!(
         "machine: {} core(s); {}",

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rig::event_store::EventStore;
 use rig::producer::Producer;
-use rig::provision::subscription_model;
 use rig::targets::{Backbone, TargetKind};
 use rig::topology::Topology;
 use rig::worker::{NoFaults, WorkerOptions};
@@ -22,12 +21,12 @@ const GOAL: f64 = 0.90;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let backbone = Backbone::start(TargetKind::Local)
+    let topology = Topology::of_repository("dev")?;
+    let (_backbone, deployment) = Backbone::up(TargetKind::Local, "pipeline", &topology)
         .await
-        .context("starting the local backbone")?;
-    let topology = Topology::load(&Topology::default_root(), "dev")?;
-    let env = backbone.deploy("pipeline", &topology).await?.environment;
-    let options = WorkerOptions::from_environment(&env)?;
+        .context("bringing up the local backbone")?;
+    let env = deployment.environment;
+    let options = WorkerOptions::from_topology(&topology)?;
     let worker_spec = topology
         .subscription(&options.subscription)
         .cloned()
@@ -41,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
         .subscription_admin()
         .await?
         .create_subscription()
-        .with_request(subscription_model(&env.pubsub, &baseline_spec))
+        .with_request(env.pubsub.subscription_model(&baseline_spec))
         .send()
         .await?;
 

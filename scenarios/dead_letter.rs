@@ -26,7 +26,7 @@ use rig::envelope;
 use rig::environment::Environment;
 use rig::event_store::EventStore;
 use rig::producer::Producer;
-use rig::provision;
+use rig::topology::Topology;
 
 /// The epic's requirement, independent of what the Terraform currently says.
 pub const EPIC_MAX_DELIVERY_ATTEMPTS: u32 = 5;
@@ -72,9 +72,9 @@ fn run_ordered(ctx: &Context) -> ScenarioReport {
     property(ctx, &ORDERED, strategy, |ctx, n, schedule| {
         block_on(ctx, async {
             let env = ctx.deploy(&format!("dlq-ordered-{n}")).await?;
-            let wiring = Wiring::of(ctx, &env)?;
+            let wiring = Wiring::of(ctx)?;
             let subscription = wiring.options.subscription.clone();
-            dead_letter_case(&env, wiring, &subscription, schedule).await
+            dead_letter_case(&env, &ctx.world.topology, wiring, &subscription, schedule).await
         })
         .map_err(|e: anyhow::Error| format!("{e:#}"))?
     })
@@ -84,18 +84,23 @@ fn run_unordered(ctx: &Context) -> ScenarioReport {
     property(ctx, &UNORDERED, schedule(), |ctx, n, schedule| {
         block_on(ctx, async {
             let env = ctx.deploy(&format!("dlq-unordered-{n}")).await?;
-            let wiring = Wiring::of(ctx, &env)?;
-            let unordered = create_unordered_twin(&env, &wiring.options.subscription).await?;
-            dead_letter_case(&env, wiring, &unordered, schedule).await
+            let wiring = Wiring::of(ctx)?;
+            let unordered =
+                create_unordered_twin(&env, &ctx.world.topology, &wiring.options.subscription)
+                    .await?;
+            dead_letter_case(&env, &ctx.world.topology, wiring, &unordered, schedule).await
         })
         .map_err(|e: anyhow::Error| format!("{e:#}"))?
     })
 }
 
 /// The Terraform's subscription with message ordering off, in the same project.
-async fn create_unordered_twin(env: &Environment, name: &str) -> anyhow::Result<String> {
-    let mut spec = env
-        .topology
+async fn create_unordered_twin(
+    env: &Environment,
+    topology: &Topology,
+    name: &str,
+) -> anyhow::Result<String> {
+    let mut spec = topology
         .subscription(name)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("{name} is not in the Terraform"))?;
@@ -105,7 +110,7 @@ async fn create_unordered_twin(env: &Environment, name: &str) -> anyhow::Result<
         .subscription_admin()
         .await?
         .create_subscription()
-        .with_request(provision::subscription_model(&env.pubsub, &spec))
+        .with_request(env.pubsub.subscription_model(&spec))
         .send()
         .await?;
     Ok(spec.name)
@@ -113,12 +118,12 @@ async fn create_unordered_twin(env: &Environment, name: &str) -> anyhow::Result<
 
 async fn dead_letter_case(
     env: &Environment,
+    topology: &Topology,
     wiring: Wiring,
     subscription: &str,
     schedule: &[Failures],
 ) -> anyhow::Result<Result<CaseNotes, String>> {
-    let ordered = env
-        .topology
+    let ordered = topology
         .subscription(&wiring.options.subscription)
         .is_some_and(|s| s.enable_message_ordering)
         && subscription == wiring.options.subscription;
@@ -364,7 +369,7 @@ fn run_bad_input(ctx: &Context) -> ScenarioReport {
                     raw_topic,
                     dead_letters,
                     ..
-                } = Wiring::of(ctx, &env)?;
+                } = Wiring::of(ctx)?;
                 let dlq = Collector::start(&env, &dead_letters).await?;
                 let publisher = env.pubsub.publisher(&raw_topic).await?;
                 let mut sent = Vec::new();

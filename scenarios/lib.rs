@@ -44,7 +44,7 @@ impl World {
     /// The world as the repository describes it.
     pub fn from_repository(environment: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            topology: Topology::load(&Topology::default_root(), environment)?,
+            topology: Topology::of_repository(environment)?,
             migrator: None,
             event_store_points_at_primary: false,
             verify_claims: true,

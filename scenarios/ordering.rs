@@ -102,7 +102,7 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         raw_topic,
         merged: merged_subscription,
         ..
-    } = Wiring::of(ctx, &env)?;
+    } = Wiring::of(ctx)?;
 
     // Per-key order is promised by the subscription's message ordering; the epic requires it.
     let admin = env.pubsub.subscription_admin().await?;

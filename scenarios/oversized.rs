@@ -117,7 +117,7 @@ async fn check(
         raw_topic,
         dead_letters: dlq_subscription,
         ..
-    } = Wiring::of(ctx, &env)?;
+    } = Wiring::of(ctx)?;
     let dlq = Collector::start(&env, &dlq_subscription).await?;
     let producer = Producer::connect(&env, &raw_topic).await?;
     let storage = env.storage.client().await?;

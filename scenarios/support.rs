@@ -256,10 +256,10 @@ pub struct Wiring {
 }
 
 impl Wiring {
-    pub fn of(ctx: &super::Context, env: &Environment) -> anyhow::Result<Self> {
-        let mut options = WorkerOptions::from_environment(env)?;
+    pub fn of(ctx: &super::Context) -> anyhow::Result<Self> {
+        let topology = &ctx.world.topology;
+        let mut options = WorkerOptions::from_topology(topology)?;
         options.verify_claims = ctx.world.verify_claims;
-        let topology = &env.topology;
         let raw_topic = topology
             .subscription(&options.subscription)
             .map(|s| s.topic.clone())

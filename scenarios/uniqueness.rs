@@ -68,7 +68,7 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         raw_topic,
         dead_letters: dlq_subscription,
         ..
-    } = Wiring::of(ctx, &env)?;
+    } = Wiring::of(ctx)?;
     let dlq = Collector::start(&env, &dlq_subscription).await?;
 
     let mut faults = FaultPlan::default();

@@ -309,9 +309,9 @@ fn assert_printed_env_works(vars: &HashMap<String, String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_read_back_from_the_emulators_equals_the_topology() {
     let (_backbone, env) = deployed("provisioning").await;
-    let topology = &env.topology;
+    let topology = &dev_topology();
 
-    let differences = rig::provision::read_back_pubsub(&env.pubsub, topology)
+    let differences = rig::readback::read_back_pubsub(&env.pubsub, topology)
         .await
         .expect("reading the subscriptions back");
     assert!(
@@ -344,7 +344,7 @@ async fn provisioning_read_back_from_the_emulators_equals_the_topology() {
         "the epic asks for 5 attempts"
     );
     policy.max_delivery_attempts = 6;
-    let differences = rig::provision::read_back_pubsub(&env.pubsub, &altered)
+    let differences = rig::readback::read_back_pubsub(&env.pubsub, &altered)
         .await
         .expect("reading the subscriptions back");
     assert_eq!(
@@ -1190,9 +1190,13 @@ fn rig_worker_ingests_what_is_published_until_sigterm() {
         .expect("DB_EVENT_STORE_*");
     let app_db = DbConfig::from_lookup(PRIMARY_PREFIX, |k| vars.get(k).cloned()).expect("DB_*");
     let env = Environment {
-        target: TargetKind::FromEnvironment,
+        target: "env".into(),
+        capabilities: rig::targets::Capabilities {
+            provisions: false,
+            owns_primary: false,
+        },
+        backbone_environment: "dev".into(),
         scope: "default".into(),
-        topology: dev_topology(),
         pubsub: PubsubConnection {
             endpoint: Some(format!("http://{}", var("PUBSUB_EMULATOR_HOST"))),
             project_id: var("GOOGLE_CLOUD_PROJECT"),

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rig::environment::shell_export;
 use rig::report::Outcome;
-use rig::targets::{Backbone, TargetKind};
+use rig::targets::{Backbone, DEFAULT_SCOPE, TargetKind};
 use rig::topology::Topology;
 use rig::validate::{self, Check};
 use scenarios::suite;
@@ -159,9 +159,12 @@ fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> 
 }
 
 fn load_topology(environment: &str) -> anyhow::Result<Topology> {
-    let root = Topology::default_root();
-    Topology::load(&root, environment)
-        .with_context(|| format!("reading the {environment} topology from {}", root.display()))
+    Topology::of_repository(environment).with_context(|| {
+        format!(
+            "reading the {environment} topology from {}",
+            Topology::default_root().display()
+        )
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -177,15 +180,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let topology = load_topology(&args.environment)?;
             let started = Instant::now();
-            let work = async {
-                let backbone = Backbone::start(args.target).await?;
-                let deployment = backbone.deploy("default", &topology).await?;
-                Ok::<_, anyhow::Error>((backbone, deployment))
-            };
             let (backbone, deployment) = tokio::select! {
-                r = work => r?,
+                r = Backbone::up(args.target, DEFAULT_SCOPE, &topology) => r?,
                 s = signals.next() => { eprintln!("{s} during start-up: stopped"); return Ok(ExitCode::from(130)); }
             };
+            if !backbone.capabilities().provisions {
+                anyhow::bail!(
+                    "`rig up` starts a backbone, and target {} starts nothing: use it with `rig validate --target env` or `rig worker`",
+                    args.target
+                );
+            }
             let env = &deployment.environment;
             let exports: Vec<String> = env
                 .env_vars()
@@ -257,21 +261,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Worker { environment } => {
             let topology = load_topology(&environment)?;
-            let env = rig::environment::Environment::from_process_env(topology)?;
-            rig::worker::run_until(&env, async move { signals.next().await }).await?;
+            let (_backbone, deployment) =
+                Backbone::up(TargetKind::Env, DEFAULT_SCOPE, &topology).await?;
+            rig::worker::run_until(&deployment.environment, &topology, async move {
+                signals.next().await
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { target, json } => {
             let topology = load_topology(&target.environment)?;
             let work = async {
-                if target.target == TargetKind::FromEnvironment {
-                    let env = rig::environment::Environment::from_process_env(topology.clone())?;
-                    return Ok(validate::run(&env, Vec::new(), Vec::new()).await);
-                }
                 let started = Instant::now();
-                let backbone = Backbone::start(target.target).await?;
-                let deployment = backbone.deploy("default", &topology).await?;
-                let up = Check {
+                let (backbone, deployment) =
+                    Backbone::up(target.target, DEFAULT_SCOPE, &topology).await?;
+                // A backbone the rig brought up is the first check; one it only reached is not.
+                let up = backbone.capabilities().provisions.then(|| Check {
                     name: format!("bring up and provision the {} backbone", target.target),
                     outcome: Outcome::Pass,
                     took: started.elapsed(),
@@ -281,14 +286,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
                         .collect::<Vec<_>>()
                         .join(", "),
-                };
+                });
                 let validation = validate::run(
                     &deployment.environment,
-                    vec![up],
+                    &topology,
+                    up.into_iter().collect(),
                     deployment.divergences.clone(),
                 )
                 .await;
-                if !validation.passed() {
+                if !validation.passed() && !backbone.processes().is_empty() {
                     eprintln!("service logs (last lines):\n{}", backbone.log_tails(1500));
                 }
                 Ok::<_, anyhow::Error>(validation)

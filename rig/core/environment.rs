@@ -1,19 +1,22 @@
-//! What everything downstream of a target sees: endpoints and credentials, nothing else.
+//! What everything downstream of a target sees: endpoints, credentials and what the target
+//! allows. Not the target itself, and not the topology (callers hold that).
 
 use crate::event_store::{DbConfig, EVENT_STORE_PREFIX, PRIMARY_PREFIX};
 use crate::pubsub::PubsubConnection;
 use crate::storage::StorageConnection;
-use crate::targets::TargetKind;
-use crate::topology::Topology;
+use crate::targets::Capabilities;
 
 /// One deployed backbone: a Pub/Sub project, a bucket, an event store database and a primary
 /// database, with the credentials of each role.
 #[derive(Debug, Clone)]
 pub struct Environment {
-    pub target: TargetKind,
+    /// The target's name, for reports only: decide by [`Environment::capabilities`].
+    pub target: String,
+    pub capabilities: Capabilities,
+    /// The Terraform environment this was deployed from (`dev`, `staging`, `prod`).
+    pub backbone_environment: String,
     /// The name this deployment was made under (scenarios each get their own).
     pub scope: String,
-    pub topology: Topology,
     pub pubsub: PubsubConnection,
     pub storage: StorageConnection,
     /// The payload bucket's name in this deployment.
@@ -46,44 +49,12 @@ impl Environment {
         ));
         vars.push((
             "BACKBONE_ENVIRONMENT".into(),
-            self.topology.environment.clone(),
+            self.backbone_environment.clone(),
         ));
         vars.push(("BACKBONE_PAYLOAD_BUCKET".into(), self.bucket.clone()));
         vars.extend(self.event_store.env_vars(EVENT_STORE_PREFIX));
         vars.extend(self.primary.env_vars(PRIMARY_PREFIX));
         vars
-    }
-}
-
-impl Environment {
-    /// The backbone the process environment describes: `rig up`'s variables locally, or in GCP
-    /// `GOOGLE_CLOUD_PROJECT` with Application Default Credentials (no emulator hosts set).
-    pub fn from_process_env(topology: Topology) -> anyhow::Result<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let project_id = var("GOOGLE_CLOUD_PROJECT").ok_or_else(|| {
-            anyhow::anyhow!("GOOGLE_CLOUD_PROJECT is not set: export it (the GCP project), or source `rig up --env-file`'s file")
-        })?;
-        let event_store = DbConfig::from_env(EVENT_STORE_PREFIX)?;
-        let primary = DbConfig::from_env(PRIMARY_PREFIX)?;
-        Ok(Self {
-            target: TargetKind::FromEnvironment,
-            scope: "default".into(),
-            pubsub: PubsubConnection {
-                endpoint: var("PUBSUB_EMULATOR_HOST").map(|h| format!("http://{h}")),
-                project_id: project_id.clone(),
-            },
-            storage: StorageConnection {
-                endpoint: var("STORAGE_EMULATOR_HOST"),
-                project_id,
-            },
-            bucket: var("BACKBONE_PAYLOAD_BUCKET").unwrap_or_else(|| topology.bucket.name.clone()),
-            topology,
-            event_store_admin: event_store.clone(),
-            event_store,
-            primary_admin: primary.clone(),
-            primary,
-            engine: "as configured".into(),
-        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! backbone-rig: brings up the event backbone (Pub/Sub, GCS, the MySQL event store) locally or
 //! points at it, provisions it from the Terraform, and proves its guarantees.
 //!
-//! Data flows one way: Terraform → [`topology`] → [`targets`] (services + [`provision`]) →
+//! Data flows one way: Terraform → [`topology`] → [`targets`] (services) → [`provision`] →
 //! [`environment::Environment`] (endpoints, credentials) → clients ([`pubsub`], [`storage`],
 //! [`event_store`]) → [`validate`] / scenarios → [`report`]. See ARCHITECTURE.md.
 
@@ -14,6 +14,7 @@ pub mod process;
 pub mod producer;
 pub mod provision;
 pub mod pubsub;
+pub mod readback;
 pub mod report;
 pub mod services;
 pub mod storage;

@@ -2,8 +2,13 @@
 //! (Application Default Credentials, default endpoint). The official crate does not read
 //! `PUBSUB_EMULATOR_HOST` itself, so the endpoint is always passed explicitly.
 
+use std::time::Duration;
+
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::model;
+
+use crate::topology::Subscription;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PubsubError {
@@ -13,6 +18,8 @@ pub enum PubsubError {
     Credentials(String),
     #[error("Pub/Sub client for {endpoint}: {detail}")]
     Client { endpoint: String, detail: String },
+    #[error("{action}: {detail}")]
+    Request { action: String, detail: String },
 }
 
 /// Where a target's Pub/Sub lives and which project the backbone uses there.
@@ -96,4 +103,52 @@ impl PubsubConnection {
         }
         builder.build().await.map_err(|e| self.client_error(e))
     }
+}
+
+/// The Terraform's subscriptions in the API's terms: provisioning creates them this way, and
+/// read-backs compare against the same mapping.
+impl PubsubConnection {
+    /// The Pub/Sub subscription the Terraform describes, as the API takes it.
+    pub fn subscription_model(&self, s: &Subscription) -> model::Subscription {
+        let mut sub = model::Subscription::new()
+            .set_name(self.subscription_path(&s.name))
+            .set_topic(self.topic_path(&s.topic))
+            .set_ack_deadline_seconds(i32::try_from(s.ack_deadline_seconds).unwrap_or(i32::MAX))
+            .set_enable_message_ordering(s.enable_message_ordering);
+        if let Some(filter) = &s.filter {
+            sub = sub.set_filter(filter.clone());
+        }
+        if let Some(dl) = &s.dead_letter {
+            sub = sub.set_dead_letter_policy(
+                model::DeadLetterPolicy::new()
+                    .set_dead_letter_topic(self.topic_path(&dl.topic))
+                    .set_max_delivery_attempts(
+                        i32::try_from(dl.max_delivery_attempts).unwrap_or(i32::MAX),
+                    ),
+            );
+        }
+        if let Some(retry) = &s.retry {
+            sub = sub.set_retry_policy(
+                model::RetryPolicy::new()
+                    .set_minimum_backoff(wkt_duration(retry.minimum_backoff))
+                    .set_maximum_backoff(wkt_duration(retry.maximum_backoff)),
+            );
+        }
+        sub
+    }
+
+    /// A failed admin request, named by what was being done.
+    pub fn request_error(&self, action: String, e: google_cloud_pubsub::Error) -> PubsubError {
+        PubsubError::Request {
+            action,
+            detail: e.to_string(),
+        }
+    }
+}
+
+fn wkt_duration(d: Duration) -> google_cloud_wkt::Duration {
+    google_cloud_wkt::Duration::clamp(
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    )
 }

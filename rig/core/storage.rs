@@ -4,8 +4,6 @@
 
 use google_cloud_storage::client::Storage;
 
-use crate::topology::Bucket;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("GCS credentials: {0}. For real GCP run `gcloud auth application-default login`")]
@@ -34,7 +32,7 @@ impl StorageConnection {
         self.endpoint.is_some()
     }
 
-    fn endpoint_name(&self) -> String {
+    pub(crate) fn endpoint_name(&self) -> String {
         self.endpoint
             .clone()
             .unwrap_or_else(|| "storage.googleapis.com".into())
@@ -60,59 +58,6 @@ impl StorageConnection {
             endpoint: self.endpoint_name(),
             detail: e.to_string(),
         })
-    }
-
-    /// Creates `name` with the settings of `spec` (emulator only) and returns what the
-    /// server then reports, so the caller can compare what was asked with what was kept.
-    pub async fn create_bucket(
-        &self,
-        http: &reqwest::Client,
-        name: &str,
-        spec: &Bucket,
-    ) -> Result<BucketSettings, StorageError> {
-        let endpoint = self
-            .endpoint
-            .as_deref()
-            .ok_or_else(|| StorageError::Request {
-                endpoint: self.endpoint_name(),
-                detail: "buckets in GCP are created by Terraform, not by the rig".into(),
-            })?;
-        let mut body = serde_json::json!({
-            "name": name,
-            "iamConfiguration": {
-                "uniformBucketLevelAccess": { "enabled": spec.uniform_bucket_level_access },
-                "publicAccessPrevention": spec.public_access_prevention,
-            },
-        });
-        if let Some(days) = spec.delete_after_days {
-            body["lifecycle"] = serde_json::json!({
-                "rule": [{ "action": { "type": "Delete" }, "condition": { "age": days } }]
-            });
-        }
-        let request_err = |detail: String| StorageError::Request {
-            endpoint: endpoint.to_string(),
-            detail,
-        };
-        let response = http
-            .post(format!(
-                "{endpoint}/storage/v1/b?project={}",
-                self.project_id
-            ))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| request_err(e.to_string()))?;
-        let status = response.status();
-        let created: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| request_err(e.to_string()))?;
-        if !status.is_success() && status.as_u16() != 409 {
-            return Err(request_err(format!(
-                "creating bucket {name}: HTTP {status}: {created}"
-            )));
-        }
-        self.bucket_settings(http, name).await
     }
 
     /// The bucket's settings as the JSON API reports them.
@@ -210,6 +155,16 @@ fn parse_bucket_settings(bucket: &serde_json::Value) -> BucketSettings {
         public_access_prevention: iam["publicAccessPrevention"].as_str().map(str::to_string),
         delete_after_days,
     }
+}
+
+/// The HTTP client for the JSON API calls the official crate does not make against an emulator.
+/// No proxy: every emulator endpoint is local.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context;
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .context("building an HTTP client")
 }
 
 #[cfg(test)]

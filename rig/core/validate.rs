@@ -15,8 +15,9 @@ use sqlx::{ConnectOptions, Connection, Row};
 use crate::divergence::Divergence;
 use crate::environment::Environment;
 use crate::event_store::{Appended, EventStore, NewEvent, mysql_error_number};
-use crate::provision;
+use crate::readback;
 use crate::report::{Outcome, Table, seconds};
+use crate::topology::Topology;
 
 /// How long a probe may take to arrive before the check fails.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,13 +126,18 @@ enum Verdict {
 
 /// Runs every check against `env`. `prior` carries checks done before (e.g. bringing the
 /// backbone up) so that they appear in the same table.
-pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergence>) -> Validation {
+pub async fn run(
+    env: &Environment,
+    topology: &Topology,
+    prior: Vec<Check>,
+    divergences: Vec<Divergence>,
+) -> Validation {
     let mut rec = Recorder {
         checks: prior,
         divergences,
     };
     let run_id = uuid::Uuid::new_v4().to_string();
-    let probe_attribute = env.topology.probe_attribute();
+    let probe_attribute = topology.probe_attribute();
 
     let t = Instant::now();
     let before = primary_snapshot(env).await;
@@ -145,7 +151,7 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
     );
 
     let t = Instant::now();
-    let readback = provision::read_back_pubsub(&env.pubsub, &env.topology).await;
+    let readback = readback::read_back_pubsub(&env.pubsub, topology).await;
     // The worker identity holds publisher/subscriber only, which does not include reading a
     // subscription's settings: against GCP that is expected, and the Terraform policy checks
     // cover the settings instead.
@@ -170,8 +176,8 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
                 if diffs.is_empty() {
                     Ok(Verdict::Pass(format!(
                         "{} subscriptions: ordering, dead-letter after {} attempts, retry, filters",
-                        env.topology.subscriptions.len(),
-                        env.topology
+                        topology.subscriptions.len(),
+                        topology
                             .subscriptions
                             .iter()
                             .find_map(|s| s.dead_letter.as_ref().map(|d| d.max_delivery_attempts))
@@ -185,11 +191,11 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
     }
 
     let t = Instant::now();
-    let published = publish_probe(env, probe_attribute.as_deref(), &run_id).await;
+    let published = publish_probe(env, topology, probe_attribute.as_deref(), &run_id).await;
     let publish_ok = published.is_ok();
     let publish_check = format!(
         "publish a probe to {}",
-        raw_topic(env).unwrap_or_else(|_| "the raw topic".into())
+        raw_topic(topology).unwrap_or_else(|_| "the raw topic".into())
     );
     rec.record(
         &publish_check,
@@ -199,7 +205,7 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
 
     let t = Instant::now();
     let received = if publish_ok {
-        receive_probe(env, probe_attribute.as_deref(), &run_id).await
+        receive_probe(env, topology, probe_attribute.as_deref(), &run_id).await
     } else {
         Err(anyhow!("not attempted: the probe was not published"))
     };
@@ -211,7 +217,7 @@ pub async fn run(env: &Environment, prior: Vec<Check>, divergences: Vec<Divergen
 
     let t = Instant::now();
     let filtered = if publish_ok {
-        probe_kept_from_worker(env, probe_attribute.as_deref(), &run_id).await
+        probe_kept_from_worker(env, topology, probe_attribute.as_deref(), &run_id).await
     } else {
         Err(anyhow!("not attempted: the probe was not published"))
     };
@@ -263,10 +269,11 @@ fn probe_message(probe_attribute: Option<&str>, run_id: &str) -> anyhow::Result<
 
 async fn publish_probe(
     env: &Environment,
+    topology: &Topology,
     probe_attribute: Option<&str>,
     run_id: &str,
 ) -> anyhow::Result<String> {
-    let publisher = env.pubsub.publisher(&raw_topic(env)?).await?;
+    let publisher = env.pubsub.publisher(&raw_topic(topology)?).await?;
     let message = probe_message(probe_attribute, run_id)?;
     let id = tokio::time::timeout(PROBE_TIMEOUT, publisher.publish(message))
         .await
@@ -274,8 +281,8 @@ async fn publish_probe(
     Ok(id)
 }
 
-fn raw_topic(env: &Environment) -> anyhow::Result<String> {
-    env.topology
+fn raw_topic(topology: &Topology) -> anyhow::Result<String> {
+    topology
         .validation_subscription()
         .map(|s| s.topic.clone())
         .ok_or_else(|| anyhow!("the Terraform declares no validation subscription"))
@@ -283,12 +290,12 @@ fn raw_topic(env: &Environment) -> anyhow::Result<String> {
 
 async fn receive_probe(
     env: &Environment,
+    topology: &Topology,
     probe_attribute: Option<&str>,
     run_id: &str,
 ) -> anyhow::Result<Verdict> {
     let attribute = probe_attribute.unwrap_or_default();
-    let subscription = env
-        .topology
+    let subscription = topology
         .validation_subscription()
         .ok_or_else(|| anyhow!("the Terraform declares no validation subscription"))?;
     let subscriber = env.pubsub.subscriber().await?;
@@ -354,12 +361,12 @@ fn filter_divergence(observed: String) -> Divergence {
 /// filter read back from the service (previous check) is the evidence there.
 async fn probe_kept_from_worker(
     env: &Environment,
+    topology: &Topology,
     probe_attribute: Option<&str>,
     run_id: &str,
 ) -> anyhow::Result<Verdict> {
-    let raw = raw_topic(env)?;
-    let worker = env
-        .topology
+    let raw = raw_topic(topology)?;
+    let worker = topology
         .worker_subscription(&raw)
         .ok_or_else(|| anyhow!("the Terraform declares no worker subscription on {raw}"))?;
     if !env.pubsub.is_emulator() {
@@ -547,13 +554,13 @@ impl PrimarySnapshot {
     }
 }
 
-/// On a target the rig owns, every table's checksum; on a live primary (`--target env`) only
+/// On a primary the rig owns, every table's checksum; on a live one (`--target env`) only
 /// the table list and uptime: its data changes under the app, and checksums would scan it all.
 async fn primary_snapshot(env: &Environment) -> anyhow::Result<PrimarySnapshot> {
     let mut conn = connect(&env.primary_admin)
         .await
         .context("connecting to the primary database")?;
-    let checksums = env.target == crate::targets::TargetKind::Local;
+    let checksums = env.capabilities.owns_primary;
     let names: Vec<String> = sqlx::query("SHOW TABLES")
         .fetch_all(&mut conn)
         .await?

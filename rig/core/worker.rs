@@ -34,6 +34,7 @@ use crate::claim_check::{self, ClaimError};
 use crate::envelope::{self, PayloadSource};
 use crate::environment::Environment;
 use crate::event_store::{AppendError, Appended, EventStore};
+use crate::topology::Topology;
 
 /// How long a key's loop waits for its next message before it ends.
 const KEY_IDLE: Duration = Duration::from_secs(30);
@@ -62,8 +63,7 @@ pub struct WorkerOptions {
 
 impl WorkerOptions {
     /// The worker on `events.raw`, as the topology declares it.
-    pub fn from_environment(env: &Environment) -> anyhow::Result<Self> {
-        let topology = &env.topology;
+    pub fn from_topology(topology: &Topology) -> anyhow::Result<Self> {
         // The raw topic is the one the probes go to: the validation subscription's.
         let raw = topology
             .validation_subscription()
@@ -490,9 +490,10 @@ impl Core {
 /// and logging progress every 10 seconds.
 pub async fn run_until(
     env: &Environment,
+    topology: &Topology,
     stop: impl std::future::Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
-    let options = WorkerOptions::from_environment(env)?;
+    let options = WorkerOptions::from_topology(topology)?;
     tracing::info!(
         subscription = %options.subscription,
         merged = %options.merged_topic,

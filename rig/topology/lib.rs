@@ -151,6 +151,11 @@ impl Topology {
         Topology::from_configuration(&config, environment)
     }
 
+    /// `environment`'s topology from [`Topology::default_root`]: what every caller reads.
+    pub fn of_repository(environment: &str) -> Result<Topology, TopologyError> {
+        Topology::load(&Topology::default_root(), environment)
+    }
+
     /// `infra/terraform` in this repository, or `RIG_TERRAFORM_ROOT` when set.
     pub fn default_root() -> PathBuf {
         std::env::var_os("RIG_TERRAFORM_ROOT")

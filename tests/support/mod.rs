@@ -9,20 +9,15 @@ use sqlx::mysql::MySqlConnection;
 
 /// The dev environment's topology, read from the repository's Terraform.
 pub fn dev_topology() -> Topology {
-    let root = Topology::default_root();
-    Topology::load(&root, "dev")
-        .unwrap_or_else(|e| panic!("loading the dev topology from {}: {e}", root.display()))
+    Topology::of_repository("dev").unwrap_or_else(|e| panic!("loading the dev topology: {e}"))
 }
 
 /// A fresh local backbone with `scope` deployed on it (a failed deploy's error carries the
 /// services' logs).
 pub async fn deployed(scope: &str) -> (Backbone, Environment) {
-    let backbone = Backbone::start(TargetKind::Local)
-        .await
-        .unwrap_or_else(|e| panic!("starting the local backbone: {e:#}"));
-    match backbone.deploy(scope, &dev_topology()).await {
-        Ok(deployment) => (backbone, deployment.environment),
-        Err(e) => panic!("deploying scope {scope}: {e:#}"),
+    match Backbone::up(TargetKind::Local, scope, &dev_topology()).await {
+        Ok((backbone, deployment)) => (backbone, deployment.environment),
+        Err(e) => panic!("bringing up the local backbone with scope {scope}: {e:#}"),
     }
 }
 

@@ -1,30 +1,41 @@
-//! The one place a target is chosen. Everything downstream receives an [`Environment`]
-//! (endpoints and credentials) and cannot tell which target produced it except by asking.
+//! The one place a target is chosen.
+//!
+//! A target only starts (or reaches) the backbone's services and hands back [`Services`]:
+//! endpoints, credentials and [`Capabilities`]. What is created on them — topics,
+//! subscriptions, bucket, databases, accounts, migrations, grants, the primary's seed — is
+//! [`crate::provision`], the same for every target. Everything downstream receives an
+//! [`Environment`] and decides by capabilities, never by asking which target ran.
+//!
+//! Adding a target: one file implementing [`Target`], and one arm in [`Backbone::start`].
 
+mod env;
 mod local;
 
 use std::fmt;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+pub use env::EnvBackbone;
 pub use local::LocalBackbone;
 
 use crate::environment::Environment;
+use crate::event_store::DbConfig;
 use crate::topology::Topology;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
-    /// Emulators and a MySQL-compatible server as local processes (no Docker, no GCP account).
+    /// Emulators and MySQL-compatible servers as local processes (no Docker, no GCP account).
     Local,
     /// Whatever the process environment points at (`rig up`'s variables, or real GCP with
-    /// Application Default Credentials): the rig starts nothing.
-    FromEnvironment,
+    /// Application Default Credentials): the rig starts nothing and creates nothing.
+    Env,
 }
 
 impl fmt::Display for TargetKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TargetKind::Local => "local",
-            TargetKind::FromEnvironment => "environment variables",
+            TargetKind::Env => "environment variables",
         })
     }
 }
@@ -34,7 +45,7 @@ impl std::str::FromStr for TargetKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "local" => Ok(TargetKind::Local),
-            "env" => Ok(TargetKind::FromEnvironment),
+            "env" => Ok(TargetKind::Env),
             "gcp" => Err(
                 "for real GCP use `--target env` with GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_* set (see README, Targets)"
                     .into(),
@@ -48,25 +59,129 @@ impl std::str::FromStr for TargetKind {
     }
 }
 
-/// A running backbone. Dropping it stops every process it started and removes its files.
-pub enum Backbone {
-    Local(LocalBackbone),
+/// What a target allows, so callers ask about abilities rather than about targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    /// The rig creates the backbone's resources here, so every scope gets its own isolated
+    /// project, bucket and databases (scenarios need this).
+    pub provisions: bool,
+    /// The primary database is the rig's own stand-in: it may be read whole (checksums). A
+    /// live SuiteX primary is only looked at (table list, uptime).
+    pub owns_primary: bool,
+}
+
+/// What a started (or reached) target hands back: where each service answers, as whom, and
+/// what the target allows. Nothing else about a target crosses this line.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The target's name for banners and reports.
+    pub target: String,
+    pub capabilities: Capabilities,
+    /// `http://host:port` of a Pub/Sub emulator; `None` for Google's endpoint.
+    pub pubsub_endpoint: Option<String>,
+    /// `http://host:port` of a storage emulator; `None` for Google's endpoint.
+    pub storage_endpoint: Option<String>,
+    /// The event store server as its schema owner (migrations, DDL).
+    pub event_store_admin: DbConfig,
+    /// The worker's account on the event store server (`DB_EVENT_STORE_*`).
+    pub event_store_worker: DbConfig,
+    /// The primary server as an observer with every privilege (it seeds the rig's own primary).
+    pub primary_admin: DbConfig,
+    /// The SuiteX application's account on the primary server (`DB_*`).
+    pub primary_app: DbConfig,
+    /// The event store's engine as banners name it (a stand-in says so).
+    pub engine: String,
+    /// On a target that provisions nothing, the project and bucket that already exist.
+    pub existing: Option<Existing>,
+    /// How long each service took to answer.
+    pub startup: Vec<(String, Duration)>,
+}
+
+/// Where an already-deployed backbone lives (its databases are in the [`DbConfig`]s).
+#[derive(Debug, Clone)]
+pub struct Existing {
+    pub project_id: String,
+    /// `None`: the Terraform's bucket name.
+    pub bucket: Option<String>,
+}
+
+/// One kind of target: it has started or reached the services, and stops what it started when
+/// dropped.
+pub trait Target: Send + Sync {
+    fn services(&self) -> &Services;
+    /// Each process the target runs: name, pid, log file.
+    fn processes(&self) -> Vec<(String, u32, PathBuf)> {
+        Vec::new()
+    }
+    /// The last lines of every service's log, to attach to a failure.
+    fn log_tails(&self, _max_bytes: u64) -> String {
+        String::new()
+    }
+}
+
+/// A running (or reached) backbone. Dropping it stops everything its target started.
+pub struct Backbone {
+    kind: TargetKind,
+    target: Box<dyn Target>,
 }
 
 impl Backbone {
     pub async fn start(kind: TargetKind) -> anyhow::Result<Self> {
-        match kind {
-            TargetKind::Local => Ok(Backbone::Local(LocalBackbone::start().await?)),
-            TargetKind::FromEnvironment => anyhow::bail!(
-                "a backbone described by environment variables is not started by the rig: use it with `rig validate --target env` or `rig worker`"
-            ),
+        let target: Box<dyn Target> = match kind {
+            TargetKind::Local => Box::new(LocalBackbone::start().await?),
+            TargetKind::Env => Box::new(EnvBackbone::reach()?),
+        };
+        let backbone = Self { kind, target };
+        if backbone.capabilities().provisions {
+            crate::provision::accounts(backbone.services())
+                .await
+                .map_err(|e| backbone.with_logs(e))?;
         }
+        Ok(backbone)
+    }
+
+    /// Starts `kind` and deploys `scope` of `topology` on it: what `rig up`, `rig validate`,
+    /// the tests and the benchmarks all begin with.
+    pub async fn up(
+        kind: TargetKind,
+        scope: &str,
+        topology: &Topology,
+    ) -> anyhow::Result<(Self, Deployment)> {
+        let backbone = Self::start(kind).await?;
+        let deployment = backbone.deploy(scope, topology).await?;
+        Ok((backbone, deployment))
     }
 
     pub fn kind(&self) -> TargetKind {
-        match self {
-            Backbone::Local(_) => TargetKind::Local,
-        }
+        self.kind
+    }
+
+    pub fn services(&self) -> &Services {
+        self.target.services()
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.services().capabilities
+    }
+
+    /// The event store's engine as banners name it (a MariaDB says it is a stand-in).
+    pub fn engine(&self) -> &str {
+        &self.services().engine
+    }
+
+    /// How long each service took to answer, for banners and benchmarks.
+    pub fn startup_times(&self) -> &[(String, Duration)] {
+        &self.services().startup
+    }
+
+    /// Each service's name, pid and log file (for "what is running" and orphan checks).
+    pub fn processes(&self) -> Vec<(String, u32, PathBuf)> {
+        self.target.processes()
+    }
+
+    /// The last lines of every service's log: attach these to any failure report.
+    pub fn log_tails(&self, max_bytes: u64) -> String {
+        self.target.log_tails(max_bytes)
     }
 
     /// Provisions `topology` under `scope` (its own project, databases and bucket) and returns
@@ -84,46 +199,32 @@ impl Backbone {
         topology: &Topology,
         migrator: &sqlx::migrate::Migrator,
     ) -> anyhow::Result<Deployment> {
-        let deployed = match self {
-            Backbone::Local(local) => local.deploy(scope, topology, migrator).await,
-        };
-        // Whoever provisions sees why it failed: the services' own words travel with the error.
-        deployed.map_err(|e| {
-            e.context(format!(
-                "provisioning failed; service logs (last lines):\n{}",
-                self.log_tails(1500)
-            ))
+        let started = Instant::now();
+        let (environment, divergences) =
+            crate::provision::deploy(self.services(), scope, topology, migrator)
+                .await
+                .map_err(|e| self.with_logs(e))?;
+        Ok(Deployment {
+            environment,
+            divergences,
+            took: started.elapsed(),
         })
     }
 
-    /// The event store's engine as banners name it (a MariaDB says it is a stand-in).
-    pub fn engine(&self) -> &str {
-        match self {
-            Backbone::Local(local) => &local.engine,
+    /// Whoever provisions sees why it failed: the services' own words travel with the error.
+    fn with_logs(&self, e: anyhow::Error) -> anyhow::Error {
+        let logs = self.log_tails(1500);
+        if logs.is_empty() {
+            return e;
         }
-    }
-
-    /// How long each service took to answer, for banners and benchmarks.
-    pub fn startup_times(&self) -> &[(String, Duration)] {
-        match self {
-            Backbone::Local(local) => &local.startup_times,
-        }
-    }
-
-    /// Each service's name, pid and log file (for "what is running" and orphan checks).
-    pub fn processes(&self) -> Vec<(String, u32, std::path::PathBuf)> {
-        match self {
-            Backbone::Local(local) => local.processes(),
-        }
-    }
-
-    /// The last lines of every service's log: attach these to any failure report.
-    pub fn log_tails(&self, max_bytes: u64) -> String {
-        match self {
-            Backbone::Local(local) => local.log_tails(max_bytes),
-        }
+        e.context(format!(
+            "provisioning failed; service logs (last lines):\n{logs}"
+        ))
     }
 }
+
+/// The scope `rig up` and `rig validate` deploy: the environment's own names.
+pub const DEFAULT_SCOPE: &str = "default";
 
 /// A provisioned environment and what provisioning noticed on the way.
 #[derive(Debug, Clone)]
@@ -131,28 +232,4 @@ pub struct Deployment {
     pub environment: Environment,
     pub divergences: Vec<crate::divergence::Divergence>,
     pub took: Duration,
-}
-
-/// `scope` lowercased, with every other character than `[a-z0-9]` replaced by `separator`.
-fn scope_suffix(scope: &str, separator: char) -> String {
-    scope
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                separator
-            }
-        })
-        .collect()
-}
-
-/// `scope` as a suffix safe for database names (`[a-z0-9_]`).
-pub(crate) fn db_suffix(scope: &str) -> String {
-    scope_suffix(scope, '_')
-}
-
-/// `scope` as a suffix safe for project ids and bucket names (`[a-z0-9-]`).
-pub(crate) fn dns_suffix(scope: &str) -> String {
-    scope_suffix(scope, '-')
 }
