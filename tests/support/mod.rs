@@ -1,11 +1,17 @@
 //! Helpers shared by the integration test binaries (each includes this module).
+// Each test binary uses a part of these helpers; the rest is dead code in that binary.
+#![allow(dead_code)]
 
+pub mod processes;
+
+use chrono::Utc;
 use rig::environment::Environment;
-use rig::event_store::DbConfig;
+use rig::event_store::{DbConfig, NewEvent};
 use rig::targets::{Backbone, TargetKind};
 use rig::topology::Topology;
 use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnection;
+use uuid::Uuid;
 
 /// The dev environment's topology, read from the repository's Terraform.
 pub fn dev_topology() -> Topology {
@@ -32,4 +38,25 @@ pub async fn connect(config: &DbConfig) -> MySqlConnection {
                 config.username, config.host, config.port, config.database
             )
         })
+}
+
+/// A valid event on `aggregate_id` with `payload`, created now.
+pub fn event(aggregate_id: &str, payload: serde_json::Value) -> NewEvent {
+    NewEvent {
+        account_id: "TSTDRV1000001".into(),
+        event_id: Uuid::new_v4(),
+        aggregate_type: "salesorder".into(),
+        aggregate_id: aggregate_id.into(),
+        payload: payload.to_string(),
+        created_at: Utc::now(),
+    }
+}
+
+/// A runtime for tests that drive the backbone from plain `#[test]` functions.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime")
 }
