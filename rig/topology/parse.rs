@@ -19,6 +19,8 @@ mod functions;
 mod module;
 mod references;
 mod source;
+#[cfg(test)]
+mod testing;
 mod value;
 mod variables;
 

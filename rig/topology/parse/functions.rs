@@ -154,3 +154,178 @@ impl ModuleEval {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{error_at, eval, list, map, n, s};
+    use super::*;
+
+    #[test]
+    fn merge_lets_later_maps_win_and_skips_null() {
+        assert_eq!(
+            eval(r#"merge({ a = 1, b = 2 }, null, { b = 3, c = "x" })"#).unwrap(),
+            map([("a", n(1.0)), ("b", n(3.0)), ("c", s("x"))])
+        );
+        let message = error_at(eval("merge({}, [1])"), "mem/main.tf", 2);
+        assert!(
+            message.contains("merge(): needs maps, found a list"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn concat_joins_lists_in_order() {
+        assert_eq!(
+            eval(r#"concat(["a"], [], ["b", "a"])"#).unwrap(),
+            list([s("a"), s("b"), s("a")])
+        );
+        let message = error_at(eval(r#"concat(["a"], "b")"#), "mem/main.tf", 2);
+        assert!(
+            message.contains("concat(): needs lists, found a string"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn contains_compares_whole_values() {
+        assert_eq!(
+            eval(r#"contains(["a", "b"], "b")"#).unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            eval(r#"contains(["a", "b"], "c")"#).unwrap(),
+            Value::Bool(false)
+        );
+        assert_eq!(eval(r#"contains([1], "1")"#).unwrap(), Value::Bool(false));
+        let message = error_at(eval(r#"contains("ab", "a")"#), "mem/main.tf", 2);
+        assert!(
+            message.contains("contains(): needs a list, found a string"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn length_counts_items_entries_and_characters() {
+        assert_eq!(eval("length([1, 2, 3])").unwrap(), n(3.0));
+        assert_eq!(eval("length({ a = 1 })").unwrap(), n(1.0));
+        assert_eq!(eval(r#"length("héllo")"#).unwrap(), n(5.0));
+        let message = error_at(eval("length([1], [2])"), "mem/main.tf", 2);
+        assert!(
+            message.contains("length(): takes 1 argument(s), got 2"),
+            "{message}"
+        );
+        let message = error_at(eval("length(true)"), "mem/main.tf", 2);
+        assert!(
+            message.contains("needs a list, map or string, found a bool"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn keys_and_values_follow_key_order() {
+        assert_eq!(
+            eval("keys({ b = 1, a = 2 })").unwrap(),
+            list([s("a"), s("b")])
+        );
+        assert_eq!(
+            eval("values({ b = 1, a = 2 })").unwrap(),
+            list([n(2.0), n(1.0)])
+        );
+        let message = error_at(eval("keys([1])"), "mem/main.tf", 2);
+        assert!(
+            message.contains("keys(): needs a map, found a list"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn toset_sorts_and_distinct_keeps_first_occurrences() {
+        assert_eq!(
+            eval(r#"toset(["b", "a", "b"])"#).unwrap(),
+            list([s("a"), s("b")])
+        );
+        assert_eq!(
+            eval(r#"distinct(["b", "a", "b"])"#).unwrap(),
+            list([s("b"), s("a")])
+        );
+        let message = error_at(eval("toset([1])"), "mem/main.tf", 2);
+        assert!(
+            message.contains("toset(): needs a list of strings"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn conversions_accept_what_terraform_converts() {
+        assert_eq!(eval("tostring(5)").unwrap(), s("5"));
+        assert_eq!(eval("tostring(true)").unwrap(), s("true"));
+        assert_eq!(eval(r#"tostring("x")"#).unwrap(), s("x"));
+        assert_eq!(eval(r#"tonumber("2.5")"#).unwrap(), n(2.5));
+        assert_eq!(eval("tolist([1])").unwrap(), list([n(1.0)]));
+        assert_eq!(eval("tomap({ a = 1 })").unwrap(), map([("a", n(1.0))]));
+        let message = error_at(eval(r#"tonumber("ten")"#), "mem/main.tf", 2);
+        assert!(
+            message.contains("tonumber(): `ten` is not a number"),
+            "{message}"
+        );
+        let message = error_at(eval("tolist({})"), "mem/main.tf", 2);
+        assert!(
+            message.contains("tolist(): cannot convert a map"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn case_and_join_work_on_strings() {
+        assert_eq!(eval(r#"lower("Events.RAW")"#).unwrap(), s("events.raw"));
+        assert_eq!(eval(r#"upper("dlq")"#).unwrap(), s("DLQ"));
+        assert_eq!(
+            eval(r#"join(".", ["events", "raw"])"#).unwrap(),
+            s("events.raw")
+        );
+        let message = error_at(eval(r#"join(".", [1])"#), "mem/main.tf", 2);
+        assert!(
+            message.contains("join(): needs a list of strings"),
+            "{message}"
+        );
+        let message = error_at(eval("upper(1)"), "mem/main.tf", 2);
+        assert!(message.contains("upper(): needs a string"), "{message}");
+    }
+
+    #[test]
+    fn an_unsupported_function_is_an_error_naming_file_and_line() {
+        let message = error_at(eval(r#"format("%s", "a")"#), "mem/main.tf", 2);
+        assert!(
+            message.starts_with("mem/main.tf:2: function `format` is not understood"),
+            "{message}"
+        );
+        assert!(
+            message.contains("rig/topology/parse/functions.rs"),
+            "{message}"
+        );
+        let message = error_at(eval("merge([{}]...)"), "mem/main.tf", 2);
+        assert!(message.contains("call to `merge([{}]...)`"), "{message}");
+        let message = error_at(eval(r#"provider::p::f("a")"#), "mem/main.tf", 2);
+        assert!(
+            message.contains(r#"call to `provider::p::f("a")`"#),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn arguments_are_evaluated_before_the_call() {
+        let message = error_at(eval("length(var.missing)"), "mem/main.tf", 2);
+        assert!(
+            message.contains("`var.missing` does not resolve"),
+            "{message}"
+        );
+        // A value known after apply is not a string, so string functions refuse it.
+        let resource = r#"resource "google_pubsub_topic" "t" {}"#;
+        let message = error_at(
+            super::super::testing::eval_with(resource, "lower(google_pubsub_topic.t.id)"),
+            "mem/main.tf",
+            2,
+        );
+        assert!(message.contains("lower(): needs a string"), "{message}");
+    }
+}

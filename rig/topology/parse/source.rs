@@ -51,6 +51,11 @@ impl SourceFile {
             path: path.to_path_buf(),
             source,
         })?;
+        SourceFile::parse(path, text)
+    }
+
+    /// `text` as the contents of the file at `path`.
+    pub(super) fn parse(path: &Path, text: String) -> Result<SourceFile, TopologyError> {
         let body = hcl::edit::parser::parse_body(&text).map_err(|err| TopologyError::Syntax {
             location: Location::new(path.to_path_buf(), err.location().line()),
             message: err.message().to_string(),
@@ -134,6 +139,21 @@ impl ModuleSource {
                     .into(),
             });
         }
+        let mut source = ModuleSource::from_files(dir, files);
+        source.index()?;
+        Ok(source)
+    }
+
+    /// A module whose files are given as `(name, text)`, not read from `dir`.
+    #[cfg(test)]
+    pub(super) fn from_text(
+        dir: &Path,
+        files: &[(&str, &str)],
+    ) -> Result<ModuleSource, TopologyError> {
+        let files = files
+            .iter()
+            .map(|(name, text)| SourceFile::parse(&dir.join(name), text.to_string()))
+            .collect::<Result<_, _>>()?;
         let mut source = ModuleSource::from_files(dir, files);
         source.index()?;
         Ok(source)
