@@ -278,3 +278,219 @@ impl ModuleEval {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{error_at, eval, eval_with, list, local, map, n, s};
+    use super::*;
+
+    const TOPIC: &str = r#"resource "google_pubsub_topic" "t" {}"#;
+
+    #[test]
+    fn literals_and_collections_evaluate_to_values() {
+        assert_eq!(eval("null").unwrap(), Value::Null);
+        assert_eq!(eval("true").unwrap(), Value::Bool(true));
+        assert_eq!(eval("2.5").unwrap(), n(2.5));
+        assert_eq!(eval(r#""events.raw""#).unwrap(), s("events.raw"));
+        assert_eq!(
+            eval(r#"[1, "a", [true]]"#).unwrap(),
+            list([n(1.0), s("a"), list([Value::Bool(true)])])
+        );
+        assert_eq!(eval("(((3)))").unwrap(), n(3.0));
+    }
+
+    #[test]
+    fn object_keys_may_be_names_strings_or_expressions() {
+        let value = eval_with(
+            "locals {\n  k = \"kk\"\n}\n",
+            r#"{ a = 1, "b.c" = 2, (local.k) = 3, (1 + 1) = 4 }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            value,
+            map([
+                ("a", n(1.0)),
+                ("b.c", n(2.0)),
+                ("kk", n(3.0)),
+                ("2", n(4.0))
+            ])
+        );
+        let message = error_at(eval("{ (true) = 1 }"), "mem/main.tf", 2);
+        assert!(
+            message.ends_with("object key is a bool, not a string"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn templates_are_strings_until_a_part_is_known_only_after_apply() {
+        assert_eq!(
+            eval_with(
+                "locals {\n  env = \"dev\"\n}\n",
+                r#""events-${local.env}-${2 + 1}""#
+            )
+            .unwrap(),
+            s("events-dev-3")
+        );
+        assert_eq!(
+            eval_with(
+                TOPIC,
+                r#""projects/p/topics/${google_pubsub_topic.t.name}""#
+            )
+            .unwrap(),
+            Value::Unknown("projects/p/topics/${google_pubsub_topic.t.name}".into())
+        );
+        let named = r#"resource "google_pubsub_topic" "t" { name = "events.raw" }"#;
+        assert_eq!(
+            eval_with(
+                named,
+                r#""projects/p/topics/${google_pubsub_topic.t.name}""#
+            )
+            .unwrap(),
+            s("projects/p/topics/events.raw")
+        );
+    }
+
+    #[test]
+    fn template_errors_point_at_the_interpolation() {
+        let text = "locals {\n  x = <<-EOT\n    a\n    ${[1]}\n    EOT\n}\n";
+        let message = error_at(local(text, "x"), "mem/main.tf", 4);
+        assert!(
+            message.ends_with("cannot interpolate a list into a string"),
+            "{message}"
+        );
+        let message = error_at(eval(r#""%{ if true }a%{ endif }""#), "mem/main.tf", 2);
+        assert!(
+            message.contains("a template directive (%{if}/%{for}) is not understood"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn heredocs_are_dedented() {
+        let text = "locals {\n  x = <<-EOT\n    a\n      b\n    EOT\n}\n";
+        assert_eq!(local(text, "x").unwrap(), s("a\n  b\n"));
+    }
+
+    #[test]
+    fn conditionals_need_a_bool_known_before_apply() {
+        let on = "variable \"on\" {\n  default = false\n}\n";
+        assert_eq!(eval_with(on, r#"var.on ? "a" : "b""#).unwrap(), s("b"));
+        assert_eq!(eval(r#"!false ? "a" : "b""#).unwrap(), s("a"));
+        let message = error_at(eval(r#"1 ? "a" : "b""#), "mem/main.tf", 2);
+        assert!(
+            message.ends_with("condition is a number, not a bool known before apply"),
+            "{message}"
+        );
+        let message = error_at(
+            eval_with(TOPIC, "google_pubsub_topic.t.id ? 1 : 2"),
+            "mem/main.tf",
+            2,
+        );
+        assert!(
+            message.contains("condition is a value known only after apply"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn operators_follow_terraform_precedence_and_types() {
+        assert_eq!(eval("1 + 2 * 3").unwrap(), n(7.0));
+        assert_eq!(eval("10 % 4 - 7 / 2").unwrap(), n(-1.5));
+        assert_eq!(eval("3 >= 3 && 2 < 1").unwrap(), Value::Bool(false));
+        assert_eq!(eval("false || 1 != 2").unwrap(), Value::Bool(true));
+        assert_eq!(eval(r#""1" == 1"#).unwrap(), Value::Bool(false));
+        assert_eq!(eval("[1, 2] == [1, 2]").unwrap(), Value::Bool(true));
+        assert_eq!(eval("-(2 + 1)").unwrap(), n(-3.0));
+        let message = error_at(eval(r#""a" + 1"#), "mem/main.tf", 2);
+        assert!(
+            message.ends_with("`+` cannot apply to a string and a number"),
+            "{message}"
+        );
+        let message = error_at(eval("1 && 2"), "mem/main.tf", 2);
+        assert!(
+            message.ends_with("`&&` cannot apply to numbers"),
+            "{message}"
+        );
+        let message = error_at(eval("!1"), "mem/main.tf", 2);
+        assert!(
+            message.ends_with("`!` cannot apply to a number"),
+            "{message}"
+        );
+        let message = error_at(
+            eval_with(TOPIC, r#"google_pubsub_topic.t.id == "x""#),
+            "mem/main.tf",
+            2,
+        );
+        assert!(
+            message.contains("`==` on a value known only after apply is not understood"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn for_expressions_build_lists_and_maps() {
+        assert_eq!(
+            eval(r#"[for s in ["a", "b"] : upper(s)]"#).unwrap(),
+            list([s("A"), s("B")])
+        );
+        assert_eq!(
+            eval(r#"[for i, s in ["a", "b"] : i]"#).unwrap(),
+            list([n(0.0), n(1.0)])
+        );
+        assert_eq!(
+            eval(r#"{ for k, v in { a = 1, b = 2 } : "${k}x" => v * 10 }"#).unwrap(),
+            map([("ax", n(10.0)), ("bx", n(20.0))])
+        );
+        assert_eq!(
+            eval(r#"[for s in ["a", "bb", "c"] : s if length(s) == 1]"#).unwrap(),
+            list([s("a"), s("c")])
+        );
+        // The innermost binding of a name wins.
+        assert_eq!(
+            eval(r#"[for s in ["a"] : [for s in ["b"] : s]]"#).unwrap(),
+            list([list([s("b")])])
+        );
+    }
+
+    #[test]
+    fn for_expression_errors_name_the_problem() {
+        let cases = [
+            (
+                r#"[for s in ["a"] : s if s]"#,
+                "`if` clause is a string, not a bool",
+            ),
+            (
+                r#"{ for s in ["a", "a"] : s => 1 }"#,
+                "duplicate key `a` in for expression",
+            ),
+            (
+                r#"{ for k, v in { a = 1 } : v => k }"#,
+                "map key is a number, not a string",
+            ),
+            (
+                r#"[for c in "abc" : c]"#,
+                "`for` needs a list or map known before apply, found a string",
+            ),
+            (
+                r#"{ for s in ["a"] : s => s... }"#,
+                "a grouping `...` for expression is not understood",
+            ),
+        ];
+        for (expr, expected) in cases {
+            let message = error_at(eval(expr), "mem/main.tf", 2);
+            assert!(message.contains(expected), "{expr}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_bare_name_outside_a_for_expression_does_not_resolve() {
+        let message = error_at(eval("s"), "mem/main.tf", 2);
+        assert!(
+            message.contains(
+                "`s` does not resolve: a bare name is only valid inside a `for` expression"
+            ),
+            "{message}"
+        );
+    }
+}
