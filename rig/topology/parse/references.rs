@@ -335,3 +335,202 @@ impl ModuleEval {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{error_at, eval_with, list, map, n, s};
+    use super::*;
+
+    const TOPICS: &str = r#"
+resource "google_pubsub_topic" "t" {
+  for_each = toset(["raw", "dlq"])
+  name     = "events.${each.key}"
+  labels   = { env = "dev" }
+}
+
+resource "google_pubsub_topic" "single" {}
+
+resource "google_pubsub_subscription" "s" {
+  for_each             = { raw = { ack = 10 } }
+  ack_deadline_seconds = each.value.ack
+}
+
+data "google_project" "p" {}
+
+locals {
+  l   = ["a", "b"]
+  m   = { a = 1 }
+  str = "text"
+}
+"#;
+
+    fn topics(expr: &str) -> Result<Value, TopologyError> {
+        eval_with(TOPICS, expr)
+    }
+
+    fn topic_ref(key: Option<&str>, path: &[&str]) -> Value {
+        Value::Ref(Reference {
+            address: Address {
+                module: String::new(),
+                mode: Mode::Managed,
+                rtype: "google_pubsub_topic".into(),
+                name: if key.is_some() { "t" } else { "single" }.into(),
+                key: key.map(str::to_string),
+            },
+            path: path.iter().map(|p| p.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn configured_attributes_are_read_with_each_bound_to_the_instance() {
+        assert_eq!(
+            topics(r#"google_pubsub_topic.t["raw"].name"#).unwrap(),
+            s("events.raw")
+        );
+        assert_eq!(
+            topics(r#"google_pubsub_topic.t["dlq"].labels.env"#).unwrap(),
+            s("dev")
+        );
+        assert_eq!(
+            topics(r#"google_pubsub_subscription.s["raw"].ack_deadline_seconds"#).unwrap(),
+            n(10.0)
+        );
+    }
+
+    #[test]
+    fn attributes_only_the_provider_knows_stay_references() {
+        assert_eq!(
+            topics(r#"google_pubsub_topic.t["raw"].id"#).unwrap(),
+            topic_ref(Some("raw"), &["id"])
+        );
+        assert_eq!(
+            topics("google_pubsub_topic.single.id").unwrap(),
+            topic_ref(None, &["id"])
+        );
+        let nested = topics("google_pubsub_topic.single.a.b[0]").unwrap();
+        assert_eq!(nested, topic_ref(None, &["a", "b[0]"]));
+        assert_eq!(
+            nested.render().as_deref(),
+            Some("${google_pubsub_topic.single.a.b[0]}")
+        );
+        let data = topics("data.google_project.p.number").unwrap();
+        assert_eq!(
+            data.render().as_deref(),
+            Some("${data.google_project.p.number}")
+        );
+        assert!(matches!(&data, Value::Ref(r) if r.address.mode == Mode::Data));
+    }
+
+    #[test]
+    fn a_resource_with_for_each_is_a_map_of_its_instances() {
+        assert_eq!(
+            topics("google_pubsub_topic.t").unwrap(),
+            map([
+                ("dlq", topic_ref(Some("dlq"), &[])),
+                ("raw", topic_ref(Some("raw"), &[]))
+            ])
+        );
+        assert_eq!(
+            topics("[for t in google_pubsub_topic.t : t.name]").unwrap(),
+            list([s("events.dlq"), s("events.raw")])
+        );
+    }
+
+    #[test]
+    fn instance_keys_must_exist_and_be_strings() {
+        let message = error_at(
+            topics(r#"google_pubsub_topic.t["x"].name"#),
+            "mem/main.tf",
+            2,
+        );
+        assert!(
+            message.contains(
+                r#"`google_pubsub_topic.t["x"]` does not resolve: for_each has keys ["dlq", "raw"]"#
+            ),
+            "{message}"
+        );
+        let message = error_at(topics("google_pubsub_topic.t[1].name"), "mem/main.tf", 2);
+        assert!(
+            message.ends_with("instance key is a number, not a string"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_resources_and_roots_are_errors() {
+        let cases = [
+            (
+                "google_pubsub_topic.missing.id",
+                "`google_pubsub_topic.missing` does not resolve: no such resource in mem",
+            ),
+            (
+                "data.google_project.q.id",
+                "`data.google_project.q` does not resolve: no such data source in mem",
+            ),
+            (
+                "var.nope",
+                "`var.nope` does not resolve: declare the variable",
+            ),
+            (
+                "local.nope",
+                "`local.nope` does not resolve: declare it in a `locals` block",
+            ),
+            ("module.nope.out", "`module.nope` does not resolve"),
+            (
+                "each.key",
+                "`each` does not resolve: `each` is only valid in a resource with for_each",
+            ),
+            ("path.module", "`path.` references is not understood"),
+            (
+                "google_pubsub_topic.single[*].id",
+                "a splat expression is not understood",
+            ),
+        ];
+        for (expr, expected) in cases {
+            let message = error_at(topics(expr), "mem/main.tf", 2);
+            assert!(message.contains(expected), "{expr}: {message}");
+        }
+    }
+
+    #[test]
+    fn indexing_and_attributes_of_known_values() {
+        assert_eq!(topics("local.l[1]").unwrap(), s("b"));
+        assert_eq!(topics("local.l.0").unwrap(), s("a"));
+        assert_eq!(topics(r#"local.m["a"]"#).unwrap(), n(1.0));
+        let cases = [
+            ("local.l[5]", "`local.l[5]` does not resolve: no element 5"),
+            (r#"local.l["a"]"#, "cannot index a list with a string"),
+            (
+                "local.m.b",
+                "`local.m.b` does not resolve: the object has no attribute `b`",
+            ),
+            ("local.str.x", "cannot read `.x` of a string"),
+        ];
+        for (expr, expected) in cases {
+            let message = error_at(topics(expr), "mem/main.tf", 2);
+            assert!(message.contains(expected), "{expr}: {message}");
+        }
+    }
+
+    #[test]
+    fn resources_reading_each_other_in_a_circle_are_a_cycle() {
+        let text = r#"
+resource "google_pubsub_topic" "a" {
+  name = google_pubsub_topic.b.name
+}
+
+resource "google_pubsub_topic" "b" {
+  name = google_pubsub_topic.a.name
+}
+"#;
+        let message = error_at(
+            eval_with(text, "google_pubsub_topic.a.name"),
+            "mem/main.tf",
+            10,
+        );
+        assert!(
+            message.contains("google_pubsub_topic.a.name -> google_pubsub_topic.b.name -> google_pubsub_topic.a.name; break the cycle"),
+            "{message}"
+        );
+    }
+}
