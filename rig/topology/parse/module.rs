@@ -477,3 +477,341 @@ impl ModuleEval {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Tree, attr, error_at, list, local, module, n, s};
+    use super::*;
+
+    fn resources(text: &str) -> Result<Vec<ResourceInstance>, TopologyError> {
+        let mut out = Vec::new();
+        module(text)?.evaluate_all(&mut out)?;
+        Ok(out)
+    }
+
+    fn keys(instances: &[ResourceInstance]) -> Vec<String> {
+        instances.iter().map(|r| r.address.to_string()).collect()
+    }
+
+    #[test]
+    fn locals_are_evaluated_on_demand_in_any_order() {
+        let text = "locals {\n  a = \"${local.b}-x\"\n  b = \"y\"\n  broken = var.missing\n}\n";
+        assert_eq!(local(text, "a").unwrap(), s("y-x"));
+        // `broken` is never read on the way to `a`, so it does not fail `a`.
+        let message = error_at(local(text, "broken"), "mem/main.tf", 4);
+        assert!(
+            message.contains("`var.missing` does not resolve"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn local_cycles_are_reported_with_their_chain() {
+        let text = "locals {\n  a = local.b\n  b = [local.a]\n}\n";
+        let message = error_at(local(text, "a"), "mem/main.tf", 3);
+        assert!(
+            message.ends_with("reference cycle: local.a -> local.b -> local.a; break the cycle"),
+            "{message}"
+        );
+        let message = error_at(local("locals {\n  a = local.a\n}\n", "a"), "mem/main.tf", 2);
+        assert!(
+            message.contains("reference cycle: local.a -> local.a"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn for_each_over_a_map_binds_each_key_and_value() {
+        let text = r#"
+resource "google_pubsub_subscription" "s" {
+  for_each             = { raw = 10, merged = 20 }
+  name                 = "events.${each.key}.worker"
+  ack_deadline_seconds = each.value
+}
+"#;
+        let out = resources(text).unwrap();
+        assert_eq!(
+            keys(&out),
+            [
+                r#"google_pubsub_subscription.s["merged"]"#,
+                r#"google_pubsub_subscription.s["raw"]"#
+            ]
+        );
+        assert_eq!(out[0].body.value("name"), Some(&s("events.merged.worker")));
+        assert_eq!(out[0].body.value("ack_deadline_seconds"), Some(&n(20.0)));
+        assert_eq!(out[1].body.value("ack_deadline_seconds"), Some(&n(10.0)));
+        assert!(
+            out[0].body.attr("for_each").is_none(),
+            "for_each is expanded, not kept"
+        );
+        assert_eq!(out[0].location.line, 2);
+    }
+
+    #[test]
+    fn for_each_over_a_set_binds_the_same_key_and_value() {
+        let text = r#"
+resource "google_pubsub_topic" "t" {
+  for_each = toset(["raw", "dlq", "raw"])
+  name     = "${each.key}/${each.value}"
+}
+"#;
+        let out = resources(text).unwrap();
+        assert_eq!(
+            keys(&out),
+            [
+                r#"google_pubsub_topic.t["dlq"]"#,
+                r#"google_pubsub_topic.t["raw"]"#
+            ]
+        );
+        assert_eq!(out[1].body.value("name"), Some(&s("raw/raw")));
+    }
+
+    #[test]
+    fn for_each_needs_strings_or_a_map_known_before_apply() {
+        let cases = [
+            ("[1]", "for_each over a set needs strings, found a number"),
+            (
+                r#""raw""#,
+                "for_each needs a map or a set of strings known before apply, found a string",
+            ),
+            (
+                "google_pubsub_topic.other.labels",
+                "found a value known only after apply",
+            ),
+        ];
+        for (for_each, expected) in cases {
+            let text = format!(
+                "resource \"google_pubsub_topic\" \"other\" {{}}\nresource \"google_pubsub_topic\" \"t\" {{\n  for_each = {for_each}\n}}\n"
+            );
+            let message = error_at(resources(&text), "mem/main.tf", 3);
+            assert!(message.contains(expected), "{for_each}: {message}");
+        }
+    }
+
+    #[test]
+    fn each_has_only_key_and_value() {
+        let text = "resource \"google_pubsub_topic\" \"t\" {\n  for_each = toset([\"a\"])\n  name = each.index\n}\n";
+        let message = error_at(resources(text), "mem/main.tf", 3);
+        assert!(
+            message.contains("`each.index` does not resolve: use each.key or each.value"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn meta_arguments_are_kept_as_names_or_rejected() {
+        let text = r#"
+resource "google_pubsub_topic" "t" {}
+
+resource "google_pubsub_topic" "u" {
+  depends_on = [google_pubsub_topic.t]
+  lifecycle {
+    prevent_destroy = true
+    ignore_changes  = [labels]
+  }
+}
+"#;
+        let out = resources(text).unwrap();
+        let u = &out[1].body;
+        assert_eq!(
+            u.value("depends_on"),
+            Some(&list([Value::Unknown("google_pubsub_topic.t".into())]))
+        );
+        assert_eq!(
+            u.lookup(&["lifecycle", "prevent_destroy"])
+                .map(|a| &a.value),
+            Some(&Value::Bool(true))
+        );
+        assert_eq!(
+            u.lookup(&["lifecycle", "ignore_changes"]).map(|a| &a.value),
+            Some(&list([Value::Unknown("labels".into())]))
+        );
+        assert_eq!(
+            u.lookup(&["lifecycle", "ignore_changes"])
+                .map(|a| a.location.line),
+            Some(8)
+        );
+    }
+
+    #[test]
+    fn constructs_outside_the_subset_are_errors_with_file_and_line() {
+        let cases = [
+            ("count = 2", "`count` is not understood"),
+            (
+                "depends_on = \"x\"",
+                "this meta-argument value is not understood",
+            ),
+            (
+                "dynamic \"d\" {\n  }",
+                "a `dynamic` block is not understood",
+            ),
+            (
+                "provisioner \"local-exec\" {\n  }",
+                "a `provisioner` block is not understood",
+            ),
+            (
+                "lifecycle {\n    precondition {\n    }\n  }",
+                "a lifecycle precondition or postcondition",
+            ),
+            (
+                "lifecycle {\n    create = true\n  }",
+                "lifecycle argument `create` is not understood",
+            ),
+        ];
+        for (body, expected) in cases {
+            let text = format!("resource \"google_pubsub_topic\" \"t\" {{\n  {body}\n}}\n");
+            let line = if body.starts_with("lifecycle") { 3 } else { 2 };
+            let message = error_at(resources(&text), "mem/main.tf", line);
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn providers_and_outputs_are_evaluated_even_when_unused() {
+        let provider = "provider \"google\" {\n  project = var.project\n}\n";
+        let message = error_at(resources(provider), "mem/main.tf", 2);
+        assert!(
+            message.contains("`var.project` does not resolve"),
+            "{message}"
+        );
+        let output = "output \"o\" {\n  value = 1\n  foo   = 2\n}\n";
+        let message = error_at(resources(output), "mem/main.tf", 3);
+        assert!(
+            message.contains("output argument `foo` is not understood"),
+            "{message}"
+        );
+        let output = "output \"o\" {\n  description = \"d\"\n}\n";
+        let message = error_at(resources(output), "mem/main.tf", 1);
+        assert!(message.ends_with("output `o` has no `value`"), "{message}");
+    }
+
+    const CHILD: &str = r#"
+variable "prefix" {}
+
+resource "google_pubsub_topic" "t" {
+  for_each = toset(["raw"])
+  name     = "${var.prefix}.${each.key}"
+}
+
+output "topic_id" {
+  value = google_pubsub_topic.t["raw"].id
+}
+
+output "names" {
+  value = [for t in google_pubsub_topic.t : t.name]
+}
+"#;
+
+    #[test]
+    fn child_modules_hand_out_outputs_and_their_resources() {
+        let root = r#"
+module "backbone" {
+  source = "../../modules/backbone"
+  prefix = "events"
+}
+
+resource "google_pubsub_subscription" "s" {
+  name   = module.backbone.names[0]
+  topic  = module.backbone.topic_id
+}
+"#;
+        let tree = Tree::new(&[
+            ("envs/test/main.tf", root),
+            ("modules/backbone/main.tf", CHILD),
+        ]);
+        let config = tree.load().unwrap();
+        assert_eq!(
+            attr(
+                &config,
+                r#"module.backbone.google_pubsub_topic.t["raw"]"#,
+                "name"
+            ),
+            s("events.raw")
+        );
+        assert_eq!(
+            attr(&config, "google_pubsub_subscription.s", "name"),
+            s("events.raw")
+        );
+        let topic = attr(&config, "google_pubsub_subscription.s", "topic");
+        assert_eq!(
+            topic.render().as_deref(),
+            Some(r#"${module.backbone.google_pubsub_topic.t["raw"].id}"#)
+        );
+        assert_eq!(
+            config
+                .resolve_name(&topic, "google_pubsub_topic")
+                .as_deref(),
+            Some("events.raw")
+        );
+    }
+
+    #[test]
+    fn nested_modules_get_nested_addresses() {
+        let root = "module \"a\" {\n  source = \"../../modules/a\"\n}\n";
+        let a = "module \"b\" {\n  source = \"../b\"\n  prefix = \"x\"\n}\n";
+        let tree = Tree::new(&[
+            ("envs/test/main.tf", root),
+            ("modules/a/main.tf", a),
+            ("modules/b/main.tf", CHILD),
+        ]);
+        let config = tree.load().unwrap();
+        assert_eq!(
+            attr(
+                &config,
+                r#"module.a.module.b.google_pubsub_topic.t["raw"]"#,
+                "name"
+            ),
+            s("x.raw")
+        );
+    }
+
+    #[test]
+    fn module_calls_outside_the_subset_are_errors() {
+        let cases = [
+            (
+                "source = \"hashicorp/x/google\"",
+                2,
+                "a module source that is not a local path",
+            ),
+            (
+                "source = \"../../modules/backbone\"\n  for_each = {}",
+                3,
+                "module meta-argument `for_each`",
+            ),
+            (
+                "prefix = \"events\"",
+                1,
+                "module `backbone` has no `source`",
+            ),
+            (
+                "source = \"../../modules/backbone\"\n  providers {\n  }",
+                3,
+                "a block inside a module call",
+            ),
+            (
+                "source = \"../../modules/backbone\"\n  prefix = \"e\"\n  other = 1",
+                4,
+                "`other` is not a declared variable of",
+            ),
+        ];
+        for (body, line, expected) in cases {
+            let root = format!("module \"backbone\" {{\n  {body}\n}}\n");
+            let tree = Tree::new(&[
+                ("envs/test/main.tf", &root),
+                ("modules/backbone/main.tf", CHILD),
+            ]);
+            let message = error_at(tree.load(), "envs/test/main.tf", line);
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+        let root = "module \"backbone\" {\n  source = \"../../modules/backbone\"\n  prefix = \"e\"\n}\nlocals {\n  x = module.backbone.nope\n}\n";
+        let tree = Tree::new(&[
+            ("envs/test/main.tf", root),
+            ("modules/backbone/main.tf", CHILD),
+        ]);
+        let message = error_at(tree.load(), "envs/test/main.tf", 6);
+        assert!(
+            message.contains("`module.backbone.nope` does not resolve: declare `output \"nope\"`"),
+            "{message}"
+        );
+    }
+}
