@@ -277,3 +277,171 @@ pub(super) fn normalize(path: &Path) -> PathBuf {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Tree, error_at};
+    use super::*;
+
+    fn in_memory(text: &str) -> Result<ModuleSource, TopologyError> {
+        ModuleSource::from_text(Path::new("mem"), &[("main.tf", text)])
+    }
+
+    #[test]
+    fn blocks_are_indexed_by_kind_and_name_with_their_line() {
+        let text = "terraform {\n}\n\nprovider \"google\" {\n}\n\nvariable \"v\" {}\n\nlocals {\n  a = 1\n  b = 2\n}\n\nresource \"google_pubsub_topic\" \"t\" {}\ndata \"google_pubsub_topic\" \"t\" {}\nmodule \"m\" {}\noutput \"o\" {}\n";
+        let src = in_memory(text).unwrap();
+        assert_eq!(src.variables.keys().collect::<Vec<_>>(), ["v"]);
+        assert_eq!(src.locals.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(src.providers.len(), 1);
+        assert_eq!(src.modules.keys().collect::<Vec<_>>(), ["m"]);
+        assert_eq!(src.outputs.keys().collect::<Vec<_>>(), ["o"]);
+        // A resource and a data source may share type and name.
+        let line = |mode: Mode| {
+            let item = &src.resources[&(mode, "google_pubsub_topic".into(), "t".into())];
+            src.loc(item.file, sp(&item.block)).line
+        };
+        assert_eq!(line(Mode::Managed), 14);
+        assert_eq!(line(Mode::Data), 15);
+        let b = &src.locals["b"];
+        assert_eq!(src.loc(b.file, sp(&b.attr)).line, 11);
+        assert_eq!(src.files[b.file].snippet(sp(&b.attr.value)), "2");
+    }
+
+    #[test]
+    fn locations_count_lines_from_one() {
+        let file = SourceFile::parse(Path::new("f.tf"), "locals {\n  a = 1\n}\n".into()).unwrap();
+        assert_eq!(file.loc(Some((0, 1))).line, 1);
+        assert_eq!(file.loc(Some((9, 10))).line, 2, "the first byte of line 2");
+        assert_eq!(file.loc(Some((8, 9))).line, 1, "the newline ends line 1");
+        assert_eq!(file.loc(None).line, 0);
+        assert_eq!(file.loc(None).to_string(), "f.tf");
+        assert_eq!(file.snippet(Some((9, 16))), "a = 1");
+        assert_eq!(file.snippet(None), "<expression>");
+    }
+
+    #[test]
+    fn duplicates_are_errors_at_the_second_declaration() {
+        let cases = [
+            (
+                "variable \"x\" {}\nvariable \"x\" {}\n",
+                "variable `x` is declared twice",
+            ),
+            (
+                "locals {\n  a = 1\n}\nlocals {\n  a = 2\n}\n",
+                "local `a` is declared twice",
+            ),
+            (
+                "resource \"t\" \"n\" {}\nresource \"t\" \"n\" {}\n",
+                "resource `t.n` is declared twice",
+            ),
+            (
+                "data \"t\" \"n\" {}\ndata \"t\" \"n\" {}\n",
+                "data `t.n` is declared twice",
+            ),
+            (
+                "module \"m\" {}\nmodule \"m\" {}\n",
+                "module `m` is declared twice",
+            ),
+            (
+                "output \"o\" {}\noutput \"o\" {}\n",
+                "output `o` is declared twice",
+            ),
+        ];
+        for (text, expected) in cases {
+            let line = if text.starts_with("locals") { 4 } else { 2 };
+            let message = error_at(in_memory(text), "mem/main.tf", line);
+            assert!(message.contains(expected), "{text}: {message}");
+            assert!(message.ends_with("in this module; remove one"), "{message}");
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_constructs_are_errors_naming_where_to_extend() {
+        let message = error_at(in_memory("\nmoved {\n}\n"), "mem/main.tf", 2);
+        assert!(
+            message.contains("top-level block `moved` with 0 label(s) is not understood"),
+            "{message}"
+        );
+        assert!(
+            message.contains("rig/topology/parse/source.rs"),
+            "{message}"
+        );
+        let message = error_at(in_memory("resource \"only_type\" {}\n"), "mem/main.tf", 1);
+        assert!(
+            message.contains("top-level block `resource` with 1 label(s)"),
+            "{message}"
+        );
+        let message = error_at(in_memory("x = 1\n"), "mem/main.tf", 1);
+        assert!(
+            message.contains("top-level attribute `x` is not understood"),
+            "{message}"
+        );
+        let message = error_at(
+            in_memory("locals {\n  a = 1\n  b {\n  }\n}\n"),
+            "mem/main.tf",
+            3,
+        );
+        assert!(
+            message.contains("a block inside `locals` is not understood"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_carry_file_and_line() {
+        let message = error_at(
+            in_memory("locals {\n  a = 1\n  b = \n}\n"),
+            "mem/main.tf",
+            3,
+        );
+        assert!(message.contains("HCL syntax error"), "{message}");
+    }
+
+    #[test]
+    fn a_directory_is_its_tf_files_in_name_order() {
+        let tree = Tree::new(&[
+            ("m/b.tf", "locals {\n  b = 1\n}\n"),
+            ("m/a.tf", "locals {\n  a = 1\n}\n"),
+            ("m/README.md", "not terraform"),
+            ("m/terraform.tfvars", "a = 1\n"),
+            ("m/sub/c.tf", "not read {"),
+        ]);
+        let src = ModuleSource::load(&tree.root().join("m")).unwrap();
+        let names: Vec<&str> = src.files.iter().map(|f| file_name(&f.path)).collect();
+        assert_eq!(names, ["a.tf", "b.tf"]);
+        assert_eq!(src.locals["b"].file, 1);
+    }
+
+    #[test]
+    fn json_override_and_empty_directories_are_errors() {
+        for name in ["main.tf.json", "override.tf", "topics_override.tf"] {
+            let tree = Tree::new(&[("m/main.tf", "locals {}\n"), (&format!("m/{name}"), "{}")]);
+            let message = error_at(ModuleSource::load(&tree.root().join("m")), name, 0);
+            assert!(
+                message.contains(&format!("file `{name}` is not understood")),
+                "{message}"
+            );
+        }
+        let tree = Tree::new(&[("m/notes.txt", "")]);
+        let message = error_at(ModuleSource::load(&tree.root().join("m")), "m", 0);
+        assert!(
+            message.contains("no .tf files here: check the module `source`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn normalize_resolves_dots_without_the_file_system() {
+        assert_eq!(
+            normalize(Path::new("envs/dev/../../modules/b")),
+            PathBuf::from("modules/b")
+        );
+        assert_eq!(normalize(Path::new("./a/./b")), PathBuf::from("a/b"));
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(
+            normalize(Path::new("/r/envs/dev/../../m")),
+            PathBuf::from("/r/m")
+        );
+    }
+}
