@@ -200,3 +200,167 @@ pub(crate) fn list_environments(envs: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Tree, s};
+    use super::*;
+
+    const MAIN: &str = r#"
+resource "google_pubsub_topic" "raw" {
+  name = "events.raw"
+}
+
+resource "google_pubsub_topic" "unnamed" {}
+
+data "google_pubsub_topic" "external" {
+  name = "external"
+}
+
+resource "google_pubsub_subscription" "worker" {
+  name  = "events.raw.worker"
+  topic = google_pubsub_topic.raw.id
+
+  dead_letter_policy {
+    dead_letter_topic     = "projects/p/topics/events.dlq"
+    max_delivery_attempts = 5
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+  }
+}
+"#;
+
+    fn config() -> Configuration {
+        Tree::new(&[("envs/test/main.tf", MAIN)]).load().unwrap()
+    }
+
+    #[test]
+    fn an_unknown_environment_names_the_ones_there_are() {
+        let tree = Tree::new(&[
+            ("envs/prod/main.tf", MAIN),
+            ("envs/dev/main.tf", MAIN),
+            ("envs/README.md", "a file, not an environment"),
+        ]);
+        assert_eq!(
+            list_environments(&tree.root().join("envs")),
+            ["dev", "prod"]
+        );
+        let err = tree.load().unwrap_err();
+        assert!(
+            matches!(err, TopologyError::UnknownEnvironment { .. }),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with("no environment `test` under "),
+            "{message}"
+        );
+        assert!(
+            message.ends_with(": expected envs/test/ (found: dev, prod)"),
+            "{message}"
+        );
+        assert!(list_environments(&tree.root().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn the_configuration_lists_every_instance_with_its_location() {
+        let config = config();
+        let addresses: Vec<String> = config
+            .resources
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                "google_pubsub_subscription.worker",
+                "google_pubsub_topic.raw",
+                "google_pubsub_topic.unnamed",
+                "data.google_pubsub_topic.external",
+            ]
+        );
+        let managed: Vec<&str> = config
+            .managed("google_pubsub_topic")
+            .map(|r| r.address.name.as_str())
+            .collect();
+        assert_eq!(managed, ["raw", "unnamed"]);
+        let worker = config.managed("google_pubsub_subscription").next().unwrap();
+        assert!(worker.location.file.ends_with("envs/test/main.tf"));
+        assert_eq!(worker.location.line, 12);
+        assert!(config.environment_dir.ends_with("envs/test"));
+    }
+
+    #[test]
+    fn nested_blocks_are_reached_by_path() {
+        let config = config();
+        let worker = &config
+            .managed("google_pubsub_subscription")
+            .next()
+            .unwrap()
+            .body;
+        assert_eq!(
+            worker
+                .lookup(&["retry_policy", "minimum_backoff"])
+                .map(|a| &a.value),
+            Some(&s("10s"))
+        );
+        let attempts = worker
+            .lookup(&["dead_letter_policy", "max_delivery_attempts"])
+            .unwrap();
+        assert_eq!(attempts.value.as_u32(), Some(5));
+        assert_eq!(attempts.location.line, 18);
+        assert!(
+            worker
+                .lookup(&["retry_policy", "maximum_backoff"])
+                .is_none()
+        );
+        assert!(worker.lookup(&["expiration_policy", "ttl"]).is_none());
+        assert!(worker.lookup(&[]).is_none());
+        assert_eq!(worker.blocks("retry_policy").count(), 1);
+        assert_eq!(
+            worker.block("dead_letter_policy").map(|b| b.location.line),
+            Some(16)
+        );
+    }
+
+    #[test]
+    fn names_resolve_from_ids_and_references_to_named_resources() {
+        let config = config();
+        let worker = &config
+            .managed("google_pubsub_subscription")
+            .next()
+            .unwrap()
+            .body;
+        let topic = worker.value("topic").unwrap();
+        assert_eq!(
+            config.resolve_name(topic, "google_pubsub_topic").as_deref(),
+            Some("events.raw")
+        );
+        assert_eq!(config.resolve_name(topic, "google_storage_bucket"), None);
+        let dead_letter = worker
+            .lookup(&["dead_letter_policy", "dead_letter_topic"])
+            .unwrap();
+        assert_eq!(
+            config
+                .resolve_name(&dead_letter.value, "google_pubsub_topic")
+                .as_deref(),
+            Some("events.dlq")
+        );
+        let unnamed = Value::Ref(Reference {
+            address: config.resources[2].address.clone(),
+            path: vec!["id".into()],
+        });
+        assert_eq!(config.resolve_name(&unnamed, "google_pubsub_topic"), None);
+        let deep = Value::Ref(Reference {
+            address: config.resources[1].address.clone(),
+            path: vec!["labels".into(), "team".into()],
+        });
+        assert_eq!(config.resolve_name(&deep, "google_pubsub_topic"), None);
+        assert_eq!(
+            config.resolve_name(&Value::Number(1.0), "google_pubsub_topic"),
+            None
+        );
+    }
+}

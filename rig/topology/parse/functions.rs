@@ -157,7 +157,7 @@ impl ModuleEval {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{error_at, eval, list, map, n, s};
+    use super::super::testing::{error_at, eval, eval_with, list, map, n, s};
     use super::*;
 
     #[test]
@@ -322,7 +322,7 @@ mod tests {
         // A value known after apply is not a string, so string functions refuse it.
         let resource = r#"resource "google_pubsub_topic" "t" {}"#;
         let message = error_at(
-            super::super::testing::eval_with(resource, "lower(google_pubsub_topic.t.id)"),
+            eval_with(resource, "lower(google_pubsub_topic.t.id)"),
             "mem/main.tf",
             2,
         );

@@ -163,8 +163,7 @@ impl ModuleEval {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Tree, error_at, eval_with, module, n, s};
-    use super::*;
+    use super::super::testing::{Tree, attr, error_at, eval_with, module, n, s};
 
     const VARIABLES: &str =
         "variable \"a\" {\n  default = 0\n}\n\nvariable \"b\" {\n  type = string\n}\n";
@@ -246,7 +245,7 @@ mod tests {
         let tree = Tree::new(&[("envs/test/main.tf", passed), ("modules/m/main.tf", child)]);
         let config = tree.load().unwrap();
         assert_eq!(
-            super::super::testing::attr(&config, "module.m.google_pubsub_topic.t", "name"),
+            attr(&config, "module.m.google_pubsub_topic.t", "name"),
             s("events-20")
         );
         let missing = "module \"m\" {\n  source = \"../../modules/m\"\n}\n";
