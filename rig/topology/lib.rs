@@ -145,7 +145,7 @@ pub fn repository_root() -> PathBuf {
 }
 
 impl Topology {
-    /// Reads infra/terraform/envs/<environment> (+ the modules it calls) under `terraform_root`.
+    /// Reads `infra/terraform/envs/<environment>` (+ the modules it calls) under `terraform_root`.
     pub fn load(terraform_root: &Path, environment: &str) -> Result<Topology, TopologyError> {
         let config = parse::load_environment(terraform_root, environment)?;
         Topology::from_configuration(&config, environment)
