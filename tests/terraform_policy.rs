@@ -32,16 +32,27 @@ fn every_environment_parses_into_the_agreed_topology() {
             .iter()
             .map(|s| s.name.as_str())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "events.dlq.inspect",
-                "events.merged.worker",
-                "events.raw.validation",
-                "events.raw.worker"
-            ],
-            "{env}"
-        );
+        let mut expected = vec![
+            "events.dlq.inspect",
+            "events.merged.worker",
+            "events.raw.validation",
+            "events.raw.worker",
+        ];
+        // Staging acceptance exists in dev and staging only.
+        if env != "prod" {
+            expected.extend([
+                "events.dlq.acceptance",
+                "events.merged.acceptance",
+                "events.raw.acceptance",
+            ]);
+            expected.sort_unstable();
+        }
+        assert_eq!(names, expected, "{env}");
+        for name in names.iter().filter(|n| n.ends_with(".acceptance")) {
+            let sub = topology.subscription(name).expect("listed");
+            assert!(sub.is_acceptance(), "{env}: {name} purpose label");
+            assert_eq!(sub.filter.as_deref(), Some("attributes:backbone_probe"));
+        }
         for (name, topic) in [
             ("events.raw.worker", "events.raw"),
             ("events.raw.validation", "events.raw"),
@@ -118,7 +129,7 @@ fn every_environment_parses_into_the_agreed_topology() {
             topology
                 .subscription("events.merged.worker")
                 .and_then(|s| s.filter.as_deref()),
-            None
+            Some("NOT attributes:backbone_probe")
         );
 
         assert_eq!(
@@ -493,11 +504,21 @@ const MUTATIONS: &[Mutation] = &[
         check: "pubsub-probe-filters",
         what: "worker sees probes",
         apply: |c| {
-            c.set(
+            c.replace(
                 &format!("{M}/main.tf"),
-                "filter",
-                "\"NOT attributes:${local.probe_attribute}\"",
-                "null",
+                "name    = \"events.raw.worker\"\n      topic   = \"raw\"\n      filter  = \"NOT attributes:${local.probe_attribute}\"",
+                "name    = \"events.raw.worker\"\n      topic   = \"raw\"\n      filter  = null",
+            )
+        },
+    },
+    Mutation {
+        check: "pubsub-probe-filters",
+        what: "downstream consumer sees probes",
+        apply: |c| {
+            c.replace(
+                &format!("{M}/main.tf"),
+                "name    = \"events.merged.worker\"\n      topic   = \"merged\"\n      filter  = \"NOT attributes:${local.probe_attribute}\"",
+                "name    = \"events.merged.worker\"\n      topic   = \"merged\"\n      filter  = null",
             )
         },
     },
@@ -505,11 +526,55 @@ const MUTATIONS: &[Mutation] = &[
         check: "pubsub-probe-filters",
         what: "validation sees everything",
         apply: |c| {
-            c.set(
+            c.replace(
                 &format!("{M}/main.tf"),
-                "filter",
-                "\"attributes:${local.probe_attribute}\"",
-                "null",
+                "name    = \"events.raw.validation\"\n      topic   = \"raw\"\n      filter  = \"attributes:${local.probe_attribute}\"",
+                "name    = \"events.raw.validation\"\n      topic   = \"raw\"\n      filter  = null",
+            )
+        },
+    },
+    Mutation {
+        check: "acceptance-dev-staging-only",
+        what: "acceptance off in dev",
+        apply: |c| {
+            c.set(
+                "envs/dev/terraform.tfvars",
+                "acceptance_enabled",
+                "true",
+                "false",
+            )
+        },
+    },
+    Mutation {
+        check: "acceptance-dev-staging-only",
+        what: "no acceptance database",
+        apply: |c| {
+            c.replace(
+                &format!("{M}/sql.tf"),
+                "for_each = var.acceptance_enabled ? toset([\"events_acceptance\"]) : toset([])",
+                "for_each = toset([])",
+            )
+        },
+    },
+    Mutation {
+        check: "acceptance-mirrors-worker",
+        what: "acceptance sees real traffic",
+        apply: |c| {
+            c.replace(
+                &format!("{M}/main.tf"),
+                "name    = \"events.raw.acceptance\"\n      topic   = \"raw\"\n      filter  = \"attributes:${local.probe_attribute}\"",
+                "name    = \"events.raw.acceptance\"\n      topic   = \"raw\"\n      filter  = null",
+            )
+        },
+    },
+    Mutation {
+        check: "acceptance-mirrors-worker",
+        what: "acceptance without ordering",
+        apply: |c| {
+            c.replace(
+                &format!("{M}/pubsub.tf"),
+                "enable_message_ordering = true",
+                "enable_message_ordering = contains(keys(local.acceptance_subscriptions), each.key) ? false : true",
             )
         },
     },

@@ -33,6 +33,12 @@ struct TargetArgs {
     /// with GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_*).
     #[arg(long, default_value = "local", env = "RIG_TARGET")]
     target: TargetKind,
+    /// With `--target gcp`: the GCP project (must be the one envs/<ENV>/terraform.tfvars names).
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    project: Option<String>,
+    /// With `--target gcp`: allow prod, where only read-only checks run.
+    #[arg(long)]
+    allow_prod: bool,
 }
 
 #[derive(Subcommand)]
@@ -81,11 +87,36 @@ enum Command {
         #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
         environment: String,
     },
+    /// Read the live backbone in GCP and compare every field with the Terraform (and the
+    /// worker's grants with the migrations). Read-only. Exits 1 on drift, 2 when something
+    /// could not be read (or the arguments are refused), 0 when everything matches.
+    Drift(DriftArgs),
     /// Print the topology the rig reads from the Terraform.
     Topology {
         #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
         environment: String,
     },
+}
+
+#[derive(clap::Args)]
+struct DriftArgs {
+    /// The GCP project; must be the one the environment's terraform.tfvars names.
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    project: String,
+    /// Which environment's Terraform to compare with (infra/terraform/envs/<ENV>).
+    #[arg(long, short, env = "BACKBONE_ENVIRONMENT")]
+    environment: String,
+    /// Print the result as JSON (versioned: `version`) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Whose permissions testIamPermissions reports: `impersonate` (the Terraform's worker
+    /// service account, from your Application Default Credentials), `adc` (your ADC already
+    /// are the worker), or a service account e-mail to impersonate.
+    #[arg(long, default_value = "impersonate")]
+    worker_identity: String,
+    /// Allow reading prod (drift only ever reads).
+    #[arg(long)]
+    allow_prod: bool,
 }
 
 fn main() -> ExitCode {
@@ -259,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Drift(args) => drift(args).await,
         Command::Worker { environment } => {
             let topology = load_topology(&environment)?;
             let (_backbone, deployment) =
@@ -272,6 +304,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { target, json } => {
             let topology = load_topology(&target.environment)?;
             let work = async {
+                if target.target == TargetKind::Gcp {
+                    return validate_gcp(&target, &topology).await;
+                }
                 let started = Instant::now();
                 let (backbone, deployment) =
                     Backbone::up(target.target, DEFAULT_SCOPE, &topology).await?;
@@ -313,6 +348,87 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+    }
+}
+
+async fn drift(args: DriftArgs) -> anyhow::Result<ExitCode> {
+    use rig::drift::live::{Endpoints, LiveReader, WorkerIdentity};
+    let refuse = |message: String| {
+        eprintln!("error: {message}");
+        Ok(ExitCode::from(2))
+    };
+    if args.environment == "prod" && !args.allow_prod {
+        return refuse("refusing to touch prod without --allow-prod (drift only reads; the flag says you mean it)".into());
+    }
+    let root = Topology::default_root();
+    let topology = load_topology(&args.environment)?;
+    let spec = rig::topology::CloudSpec::load(&root, &args.environment).with_context(|| {
+        format!(
+            "reading the {} Terraform from {}",
+            args.environment,
+            root.display()
+        )
+    })?;
+    if spec.project_id != args.project {
+        return refuse(format!(
+            "--project {} but envs/{}/terraform.tfvars names project_id {}: pass --project {} (or the right --environment)",
+            args.project, args.environment, spec.project_id, spec.project_id
+        ));
+    }
+    let worker = match args.worker_identity.as_str() {
+        "impersonate" => WorkerIdentity::Impersonate(spec.worker_service_account.clone()),
+        "adc" => WorkerIdentity::Adc,
+        email if email.contains('@') => WorkerIdentity::Impersonate(email.to_string()),
+        other => {
+            return refuse(format!(
+                "--worker-identity {other}: expected `impersonate`, `adc` or a service account e-mail"
+            ));
+        }
+    };
+    let endpoints = Endpoints::from_env();
+    let event_store = std::env::var_os("DB_EVENT_STORE_HOST")
+        .map(|_| rig::event_store::DbConfig::from_env(rig::event_store::EVENT_STORE_PREFIX))
+        .transpose()?;
+    let reader = LiveReader::new(&args.project, endpoints, worker);
+    let report = rig::drift::run(&reader, &topology, &spec, event_store.as_ref()).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+/// `rig validate --target gcp`: the epic's validation through the acceptance resources in dev
+/// and staging; in prod (with --allow-prod) the read-only drift comparison instead.
+async fn validate_gcp(
+    target: &TargetArgs,
+    topology: &Topology,
+) -> anyhow::Result<rig::validate::Validation> {
+    use rig::targets::{Access, GcpOptions};
+    let options = GcpOptions {
+        project: target.project.clone().ok_or_else(|| {
+            anyhow::anyhow!("--target gcp needs --project (or GOOGLE_CLOUD_PROJECT)")
+        })?,
+        environment: target.environment.clone(),
+        allow_prod: target.allow_prod,
+    };
+    let spec = options.spec()?;
+    match options.admit(&spec)? {
+        Access::Acceptance => {
+            let backbone = Backbone::reach_gcp(&options)?;
+            let deployment = backbone.deploy(DEFAULT_SCOPE, topology).await?;
+            Ok(validate::run(&deployment.environment, topology, Vec::new(), Vec::new()).await)
+        }
+        Access::ReadOnly => {
+            let reader = rig::drift::live::LiveReader::new(
+                &options.project,
+                rig::drift::live::Endpoints::from_env(),
+                rig::drift::live::WorkerIdentity::Impersonate(spec.worker_service_account.clone()),
+            );
+            let report = rig::drift::run(&reader, topology, &spec, None).await;
+            Ok(report.as_validation())
         }
     }
 }

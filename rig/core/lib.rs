@@ -7,6 +7,7 @@
 
 pub mod claim_check;
 pub mod divergence;
+pub mod drift;
 pub mod envelope;
 pub mod environment;
 pub mod event_store;

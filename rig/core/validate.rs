@@ -215,6 +215,22 @@ pub async fn run(
         received,
     );
 
+    // In dev and staging the probe also reaches the acceptance subscriptions (they select
+    // probes too): it is acknowledged there, so the run leaves nothing behind.
+    if acceptance_on_raw(topology).next().is_some() {
+        let t = Instant::now();
+        let drained = if publish_ok {
+            acknowledge_on_acceptance(env, topology, probe_attribute.as_deref(), &run_id).await
+        } else {
+            Err(anyhow!("not attempted: the probe was not published"))
+        };
+        rec.record(
+            "the probe is acknowledged on the acceptance subscriptions",
+            t,
+            drained,
+        );
+    }
+
     let t = Instant::now();
     let filtered = if publish_ok {
         probe_kept_from_worker(env, topology, probe_attribute.as_deref(), &run_id).await
@@ -344,6 +360,57 @@ async fn receive_probe(
             return Ok(Verdict::Pass(detail));
         }
     }
+}
+
+fn acceptance_on_raw(topology: &Topology) -> impl Iterator<Item = &crate::topology::Subscription> {
+    let raw = raw_topic(topology).unwrap_or_default();
+    topology
+        .subscriptions
+        .iter()
+        .filter(move |s| s.topic == raw && s.is_acceptance())
+}
+
+/// Reads each acceptance subscription on the raw topic until this run's probe arrives and
+/// acknowledges it. Other messages are released (nacked) for their own runs.
+async fn acknowledge_on_acceptance(
+    env: &Environment,
+    topology: &Topology,
+    probe_attribute: Option<&str>,
+    run_id: &str,
+) -> anyhow::Result<Verdict> {
+    let attribute = probe_attribute.unwrap_or_default();
+    let subscriber = env.pubsub.subscriber().await?;
+    let mut names = Vec::new();
+    for subscription in acceptance_on_raw(topology) {
+        let mut stream = subscriber
+            .subscribe(env.pubsub.subscription_path(&subscription.name))
+            .build();
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let next = tokio::time::timeout(remaining, stream.next())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the probe did not arrive on {} within {PROBE_TIMEOUT:?}; it stays there unacknowledged",
+                        subscription.name
+                    )
+                })?;
+            let (message, handler) = next
+                .ok_or_else(|| anyhow!("the stream on {} ended", subscription.name))?
+                .context("streaming pull")?;
+            if message.attributes.get(attribute).map(String::as_str) == Some(run_id) {
+                handler.ack();
+                names.push(subscription.name.clone());
+                break;
+            }
+            handler.nack();
+        }
+    }
+    Ok(Verdict::Pass(format!(
+        "acknowledged on {}",
+        names.join(", ")
+    )))
 }
 
 fn filter_divergence(observed: String) -> Divergence {

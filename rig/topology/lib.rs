@@ -4,8 +4,11 @@
 //! environments from what this module reads, so there is no second list of topic or
 //! subscription names anywhere. [`policy`] checks the same Terraform against the epic.
 
+mod cloud;
 mod parse;
 pub mod policy;
+
+pub use cloud::{CloudSpec, PrivateServicesSpec, ResourceGrant, ResourceKind, SqlInstanceSpec};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,7 +41,20 @@ pub struct Subscription {
     pub dead_letter: Option<DeadLetterPolicy>,
     pub retry: Option<RetryPolicy>,
     pub filter: Option<String>,
+    /// The `purpose` label (`worker`, `validation`, `acceptance`, `inspect`), when set.
+    pub purpose: Option<String>,
 }
+
+impl Subscription {
+    /// Provisioned for staging acceptance runs only (dev and staging), never read by the worker
+    /// or by `rig validate`'s epic check.
+    pub fn is_acceptance(&self) -> bool {
+        self.purpose.as_deref() == Some(ACCEPTANCE)
+    }
+}
+
+/// The `purpose` label of what staging acceptance runs use.
+pub const ACCEPTANCE: &str = "acceptance";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterPolicy {
@@ -195,11 +211,17 @@ impl Topology {
             .or_else(|| candidates().next())
     }
 
-    /// The subscription whose filter selects probe messages only (on `events.raw`).
+    /// The subscription whose filter selects probe messages only (on `events.raw`), for the
+    /// epic's validation; acceptance subscriptions are not it.
     pub fn validation_subscription(&self) -> Option<&Subscription> {
-        self.subscriptions
-            .iter()
-            .find(|s| probe_filter(s.filter.as_deref()) == ProbeFilter::Selects)
+        self.subscriptions.iter().find(|s| {
+            probe_filter(s.filter.as_deref()) == ProbeFilter::Selects && !s.is_acceptance()
+        })
+    }
+
+    /// The acceptance subscription on `topic` (dev and staging only).
+    pub fn acceptance_subscription(&self, topic: &str) -> Option<&Subscription> {
+        self.subscriptions_on(topic).find(|s| s.is_acceptance())
     }
 
     /// The attribute that marks probes (`backbone_probe`), read from the validation filter.
@@ -270,6 +292,13 @@ impl Topology {
                 dead_letter,
                 retry,
                 filter: optional_str(body, "filter")?.filter(|f| !f.is_empty()),
+                purpose: match body.value("labels") {
+                    Some(Value::Map(labels)) => labels
+                        .get("purpose")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    _ => None,
+                },
             });
         }
         subscriptions.sort_by(|a, b| a.name.cmp(&b.name));

@@ -6,7 +6,9 @@ use std::fmt;
 use std::path::Path;
 
 use super::parse::{self, Configuration, EvalAttr, EvalBody, Mode, ResourceInstance, Value};
-use super::{Location, ProbeFilter, Topology, TopologyError, filter_attribute, probe_filter};
+use super::{
+    Location, ProbeFilter, Subscription, Topology, TopologyError, filter_attribute, probe_filter,
+};
 
 /// Topic ids the epic names. They are requirements checked against the Terraform, not a
 /// second source for provisioning (that is always [`Topology`]).
@@ -85,6 +87,14 @@ pub const CHECKS: &[(&str, &str)] = &[
         "one subscription on events.raw selects probes; the others exclude them",
     ),
     (
+        "acceptance-dev-staging-only",
+        "dev and staging declare the acceptance subscriptions (raw, merged, dlq) and the events_acceptance database; prod declares none",
+    ),
+    (
+        "acceptance-mirrors-worker",
+        "acceptance subscriptions select probes only, with the worker's ordering, ack deadline, dead-letter and retry settings",
+    ),
+    (
         "pubsub-service-agent-iam",
         "the Pub/Sub service agent can publish to events.dlq and subscribe to each dead-lettering subscription",
     ),
@@ -142,6 +152,7 @@ pub fn check(
     run.worker();
     run.bucket();
     run.passwords();
+    run.acceptance();
     run.out.extend(env_roots_identical(terraform_root)?);
     Ok(run.out)
 }
@@ -369,7 +380,8 @@ impl<'a> Run<'a> {
             let Some(parsed) = topology.subscription(&name) else {
                 continue;
             };
-            if parsed.topic == RAW || parsed.topic == MERGED {
+            // Acceptance subscriptions are held to the worker's settings by their own check.
+            if (parsed.topic == RAW || parsed.topic == MERGED) && !parsed.is_acceptance() {
                 source_subscriptions.push((sub, parsed.clone()));
             }
         }
@@ -421,7 +433,8 @@ impl<'a> Run<'a> {
                 self.fail("pubsub-retry-and-ack", &sub.location, format!("subscription {name}: state retry_policy {{ minimum_backoff, maximum_backoff }} (min <= max, e.g. \"10s\"/\"600s\") and ack_deadline_seconds between 10 and 600"));
             }
         }
-        if topology.subscriptions_on(DLQ).next().is_none() {
+        // The acceptance subscription keeps probes only; real dead letters need another.
+        if !topology.subscriptions_on(DLQ).any(|s| !s.is_acceptance()) {
             self.fail("pubsub-dlq-subscription", &env, format!("nothing subscribes to {DLQ}, so dead letters are dropped: declare a google_pubsub_subscription on it"));
         }
         self.probe_filters();
@@ -437,9 +450,10 @@ impl<'a> Run<'a> {
         let selecting: Vec<_> = topology
             .subscriptions_on(RAW)
             .filter(|s| probe_filter(s.filter.as_deref()) == ProbeFilter::Selects)
+            .filter(|s| !s.is_acceptance())
             .collect();
         let [validation] = selecting.as_slice() else {
-            self.fail("pubsub-probe-filters", &location, format!("expected exactly one subscription on {RAW} with filter \"attributes:<probe attribute>\", found {}", selecting.len()));
+            self.fail("pubsub-probe-filters", &location, format!("expected exactly one subscription on {RAW} with filter \"attributes:<probe attribute>\" besides the acceptance ones, found {}", selecting.len()));
             return;
         };
         let attribute = validation
@@ -448,20 +462,90 @@ impl<'a> Run<'a> {
             .and_then(filter_attribute)
             .unwrap_or_default()
             .to_string();
+        // Acceptance runs publish probe-marked events on every topic, so every subscription
+        // that is neither the validation one nor an acceptance one must exclude probes.
         for sub in topology
-            .subscriptions_on(RAW)
-            .filter(|s| s.name != validation.name)
+            .subscriptions
+            .iter()
+            .filter(|s| s.name != validation.name && !s.is_acceptance())
         {
             let excludes = probe_filter(sub.filter.as_deref()) == ProbeFilter::Excludes
                 && sub.filter.as_deref().and_then(filter_attribute) == Some(attribute.as_str());
             if !excludes {
-                self.fail("pubsub-probe-filters", &location, format!("subscription {} on {RAW} must not see probes: set filter = \"NOT attributes:{attribute}\" (built from the same local as the validation filter)", sub.name));
+                self.fail("pubsub-probe-filters", &location, format!("subscription {} on {} must not see probes: set filter = \"NOT attributes:{attribute}\" (built from the same local as the validation filter)", sub.name, sub.topic));
             }
         }
-        for sub in topology.subscriptions_on(MERGED) {
-            if probe_filter(sub.filter.as_deref()) == ProbeFilter::Selects {
-                self.fail("pubsub-probe-filters", &location, format!("subscription {} on {MERGED} selects probes only; downstream consumers must receive real traffic", sub.name));
+    }
+
+    /// Staging acceptance: probe-only subscriptions mirroring the worker's, and a database of
+    /// its own, in dev and staging; none of it in prod.
+    fn acceptance(&mut self) {
+        let topology = self.topology;
+        let env = self.env_location();
+        let environment = topology.environment.clone();
+        let acceptance: Vec<&Subscription> = topology
+            .subscriptions
+            .iter()
+            .filter(|s| s.is_acceptance())
+            .collect();
+        let databases: Vec<String> = self
+            .config
+            .managed("google_sql_database")
+            .filter_map(|d| d.body.value("name").and_then(Value::as_str))
+            .filter(|n| *n != "events")
+            .map(str::to_string)
+            .collect();
+        if environment == "prod" {
+            if !acceptance.is_empty() || !databases.is_empty() {
+                self.fail("acceptance-dev-staging-only", &env, format!("prod declares acceptance resources ({}): set acceptance_enabled = false in envs/prod/terraform.tfvars", acceptance.iter().map(|s| s.name.clone()).chain(databases.clone()).collect::<Vec<_>>().join(", ")));
             }
+            return;
+        }
+        let attribute = topology.probe_attribute().unwrap_or_default();
+        // A missing topic is pubsub-topics-present's to report.
+        for topic in [RAW, MERGED, DLQ]
+            .into_iter()
+            .filter(|t| topology.topic(t).is_some())
+        {
+            let found: Vec<&&Subscription> =
+                acceptance.iter().filter(|s| s.topic == topic).collect();
+            let [sub] = found.as_slice() else {
+                self.fail("acceptance-dev-staging-only", &env, format!("{environment}: expected one acceptance subscription on {topic} (labels.purpose = \"acceptance\"), found {}: set acceptance_enabled = true in envs/{environment}/terraform.tfvars", found.len()));
+                continue;
+            };
+            // Without a validation filter the attribute is unknown (pubsub-probe-filters says so).
+            let selects = probe_filter(sub.filter.as_deref()) == ProbeFilter::Selects
+                && (attribute.is_empty()
+                    || sub.filter.as_deref().and_then(filter_attribute)
+                        == Some(attribute.as_str()));
+            if !selects {
+                self.fail("acceptance-mirrors-worker", &env, format!("acceptance subscription {} must select probes only: filter = \"attributes:{attribute}\"", sub.name));
+            }
+            if topic == DLQ {
+                continue;
+            }
+            let Some(worker) = topology.worker_subscription(topic) else {
+                continue;
+            };
+            let mut differs = Vec::new();
+            if sub.enable_message_ordering != worker.enable_message_ordering {
+                differs.push("enable_message_ordering");
+            }
+            if sub.ack_deadline_seconds != worker.ack_deadline_seconds {
+                differs.push("ack_deadline_seconds");
+            }
+            if sub.dead_letter != worker.dead_letter {
+                differs.push("dead_letter_policy");
+            }
+            if sub.retry != worker.retry {
+                differs.push("retry_policy");
+            }
+            if !differs.is_empty() {
+                self.fail("acceptance-mirrors-worker", &env, format!("acceptance subscription {} differs from {} in {}: acceptance must exercise the worker's exact settings", sub.name, worker.name, differs.join(", ")));
+            }
+        }
+        if databases.is_empty() {
+            self.fail("acceptance-dev-staging-only", &env, format!("{environment}: declare the acceptance database (google_sql_database \"acceptance\", events_acceptance) so acceptance rows never enter the real ledger"));
         }
     }
 

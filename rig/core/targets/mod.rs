@@ -9,6 +9,7 @@
 //! Adding a target: one file implementing [`Target`], and one arm in [`Backbone::start`].
 
 mod env;
+mod gcp;
 mod local;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use env::EnvBackbone;
+pub use gcp::{Access, GcpBackbone, GcpOptions};
 pub use local::LocalBackbone;
 
 use crate::environment::Environment;
@@ -29,6 +31,10 @@ pub enum TargetKind {
     /// Whatever the process environment points at (`rig up`'s variables, or real GCP with
     /// Application Default Credentials): the rig starts nothing and creates nothing.
     Env,
+    /// The backbone Terraform deployed in a GCP project (`--project`, `--environment`):
+    /// Application Default Credentials; nothing started, created or changed; prod refused
+    /// unless allowed, and then read-only.
+    Gcp,
 }
 
 impl fmt::Display for TargetKind {
@@ -36,6 +42,7 @@ impl fmt::Display for TargetKind {
         f.write_str(match self {
             TargetKind::Local => "local",
             TargetKind::Env => "environment variables",
+            TargetKind::Gcp => "gcp",
         })
     }
 }
@@ -46,15 +53,12 @@ impl std::str::FromStr for TargetKind {
         match s {
             "local" => Ok(TargetKind::Local),
             "env" => Ok(TargetKind::Env),
-            "gcp" => Err(
-                "for real GCP use `--target env` with GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_* set (see README, Targets)"
-                    .into(),
-            ),
+            "gcp" => Ok(TargetKind::Gcp),
             "containers" => Err(
                 "target `containers` is not available yet: no Docker engine on the machines this was built on (see README, Targets)"
                     .into(),
             ),
-            other => Err(format!("unknown target `{other}`: expected `local` or `env`")),
+            other => Err(format!("unknown target `{other}`: expected `local`, `env` or `gcp`")),
         }
     }
 }
@@ -130,6 +134,7 @@ impl Backbone {
         let target: Box<dyn Target> = match kind {
             TargetKind::Local => Box::new(LocalBackbone::start().await?),
             TargetKind::Env => Box::new(EnvBackbone::reach()?),
+            TargetKind::Gcp => Box::new(GcpBackbone::reach(&GcpOptions::from_env()?)?),
         };
         let backbone = Self { kind, target };
         if backbone.capabilities().provisions {
@@ -138,6 +143,15 @@ impl Backbone {
                 .map_err(|e| backbone.with_logs(e))?;
         }
         Ok(backbone)
+    }
+
+    /// Reaches the GCP backbone `options` name (the CLI's `--project`, `--environment`,
+    /// `--allow-prod`; [`Backbone::start`] reads the same from the process environment).
+    pub fn reach_gcp(options: &GcpOptions) -> anyhow::Result<Self> {
+        Ok(Self {
+            kind: TargetKind::Gcp,
+            target: Box::new(GcpBackbone::reach(options)?),
+        })
     }
 
     /// Starts `kind` and deploys `scope` of `topology` on it: what `rig up`, `rig validate`,

@@ -10,4 +10,5 @@ module "backbone" {
   sql_backup_retained_count = var.sql_backup_retained_count
   retry_minimum_backoff     = var.retry_minimum_backoff
   retry_maximum_backoff     = var.retry_maximum_backoff
+  acceptance_enabled        = var.acceptance_enabled
 }

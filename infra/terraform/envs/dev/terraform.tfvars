@@ -18,3 +18,6 @@ sql_backup_retained_count = 7
 # staging and prod keep the module defaults (10s .. 600s).
 retry_minimum_backoff = "1s"
 retry_maximum_backoff = "10s"
+
+# Staging acceptance (docs/gcp.md): probe-only subscriptions and the events_acceptance database.
+acceptance_enabled = true

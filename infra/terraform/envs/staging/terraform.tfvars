@@ -12,3 +12,6 @@ existing_peering_ranges = ["suitex-staging-private-services"]
 
 sql_tier                  = "db-custom-2-7680"
 sql_backup_retained_count = 7
+
+# Staging acceptance (docs/gcp.md): probe-only subscriptions and the events_acceptance database.
+acceptance_enabled = true

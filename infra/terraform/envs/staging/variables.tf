@@ -52,3 +52,9 @@ variable "retry_maximum_backoff" {
   type        = string
   default     = "600s"
 }
+
+variable "acceptance_enabled" {
+  description = "Provision the staging-acceptance subscriptions and database (dev and staging only)."
+  type        = bool
+  default     = false
+}

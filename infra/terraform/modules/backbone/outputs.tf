@@ -47,3 +47,8 @@ output "migrator_password_secret" {
   description = "Secret Manager secret holding the migration account's password."
   value       = google_secret_manager_secret.migrator_password.id
 }
+
+output "acceptance_databases" {
+  description = "Databases acceptance runs write to (DB_EVENT_STORE_DATABASE for `rig validate`/scenarios against GCP); empty where acceptance is off."
+  value       = [for db in google_sql_database.acceptance : db.name]
+}

@@ -13,7 +13,7 @@ resource "google_pubsub_subscription" "dead_lettering" {
   name    = each.value.name
   topic   = google_pubsub_topic.this[each.value.topic].id
   filter  = each.value.filter
-  labels  = local.labels
+  labels  = merge(local.labels, { purpose = each.value.purpose })
 
   # Ordering is a subscription property in Pub/Sub: publishers set ordering keys, and only
   # subscriptions with this flag deliver a key's messages in order.

@@ -4,7 +4,9 @@ resource "google_pubsub_subscription" "dlq_inspect" {
   project = var.project_id
   name    = "events.dlq.inspect"
   topic   = google_pubsub_topic.this["dlq"].id
-  labels  = local.labels
+  labels  = merge(local.labels, { purpose = "inspect" })
+  # Dead-lettered probes keep their attributes; operators never see them here.
+  filter = "NOT attributes:${local.probe_attribute}"
 
   ack_deadline_seconds       = var.ack_deadline_seconds
   message_retention_duration = var.dead_letter_retention

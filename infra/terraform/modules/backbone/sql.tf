@@ -59,6 +59,18 @@ resource "google_sql_database" "events" {
   collation = "utf8mb4_unicode_ci"
 }
 
+# Acceptance runs write their rows here, never into the real ledger: the same schema (run the
+# migrations against it too), the same grants for sync_worker, dev and staging only.
+resource "google_sql_database" "acceptance" {
+  for_each = var.acceptance_enabled ? toset(["events_acceptance"]) : toset([])
+
+  project   = var.project_id
+  instance  = google_sql_database_instance.event_store.name
+  name      = each.value
+  charset   = "utf8mb4"
+  collation = "utf8mb4_unicode_ci"
+}
+
 # The background worker's account. Its rights inside MySQL are set by the migrations.
 resource "google_sql_user" "sync_worker" {
   project  = var.project_id

@@ -98,3 +98,14 @@ variable "labels" {
   type        = map(string)
   default     = {}
 }
+
+variable "acceptance_enabled" {
+  description = "Provision what staging acceptance runs use (probe-only subscriptions, the events_acceptance database). dev and staging only: prod must leave it false."
+  type        = bool
+  default     = false
+
+  validation {
+    condition     = !(var.acceptance_enabled && var.environment == "prod")
+    error_message = "acceptance resources are for dev and staging only; prod never runs acceptance."
+  }
+}
