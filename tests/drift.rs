@@ -131,6 +131,10 @@ fn answer(drifted: bool, method: &str, target: &str, body: &str) -> (&'static st
             Some("servicenetworking.services.connections.list".into()),
             None,
         ),
+        ["v1", "projects", _, "topics", topic, "subscriptions"] if method == "GET" => (
+            Some(format!("pubsub.topics.subscriptions.list.{topic}")),
+            None,
+        ),
         [
             "v1",
             "projects",
@@ -319,6 +323,7 @@ async fn drifted_recorded_responses_are_reported_field_by_field() {
         (sub, "dead_letter_policy.max_delivery_attempts"),
         (sub, "retry_policy.minimum_backoff"),
         (sub, "retry_policy.maximum_backoff"),
+        ("topic events.raw", "subscriptions"),
         (bucket, "iamConfiguration.uniformBucketLevelAccess.enabled"),
         (bucket, "iamConfiguration.publicAccessPrevention"),
         (bucket, "lifecycle.rule"),
@@ -368,6 +373,14 @@ async fn drifted_recorded_responses_are_reported_field_by_field() {
     assert_eq!(
         project.live,
         "HOLDS cloudsql.instances.update, cloudsql.users.update"
+    );
+    let extra = finding(&report, "topic events.raw", "subscriptions");
+    assert!(
+        extra
+            .note
+            .contains("projects/suitex-analytics/subscriptions/raw-copy"),
+        "{}",
+        extra.note
     );
     let attempts = finding(&report, sub, "dead_letter_policy.max_delivery_attempts");
     assert_eq!(

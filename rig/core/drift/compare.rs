@@ -195,6 +195,36 @@ pub fn subscription(
     );
 }
 
+/// Who receives a topic's messages: exactly the Terraform's subscriptions. An extra one takes
+/// a copy of everything (an unfiltered one, probes included); a missing one means lost work.
+pub fn topic_subscriptions(out: &mut Findings, topic: &str, declared: &[String], live: &[String]) {
+    let declared_set: BTreeSet<&str> = declared.iter().map(String::as_str).collect();
+    let live_set: BTreeSet<&str> = live.iter().map(String::as_str).collect();
+    let shown = |set: &BTreeSet<&str>| {
+        if set.is_empty() {
+            "none".to_string()
+        } else {
+            set.iter().map(|p| short(p)).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let extra: Vec<&str> = live_set.difference(&declared_set).copied().collect();
+    out.judged(
+        &format!("topic {topic}"),
+        "subscriptions",
+        shown(&declared_set),
+        shown(&live_set),
+        declared_set == live_set,
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "not in the Terraform: {} (they receive a copy of every message)",
+                extra.join(", ")
+            )
+        },
+    );
+}
+
 /// Storage JSON API bucket metadata (`GET storage/v1/b/BUCKET`), the parts the rig compares.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -183,6 +183,37 @@ impl LiveReader {
             })
     }
 
+    /// Every subscription attached to `topic`, as full paths (they may live in other projects).
+    pub async fn topic_subscriptions(&self, topic: &str) -> Result<Vec<String>, ReadError> {
+        let conn = self.pubsub();
+        let admin = conn
+            .topic_admin()
+            .await
+            .map_err(|e| ReadError(e.to_string()))?;
+        let mut names = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = admin
+                .list_topic_subscriptions()
+                .set_topic(conn.topic_path(topic))
+                .set_page_token(page_token.clone())
+                .send()
+                .await
+                .map_err(|e| {
+                    google_error(
+                        "pubsub",
+                        &e.to_string(),
+                        "pubsub.topics.get (roles/pubsub.viewer)",
+                    )
+                })?;
+            names.extend(page.subscriptions);
+            if page.next_page_token.is_empty() {
+                return Ok(names);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     async fn pubsub_iam(&self, as_worker: bool) -> Result<SchemaService, ReadError> {
         let mut builder = SchemaService::builder()
             .with_credentials(self.credentials(&self.endpoints.pubsub, as_worker)?);

@@ -171,6 +171,22 @@ pub async fn run(
     let mut out = Findings::default();
     let project = &reader.project_id;
 
+    for topic in &topology.topics {
+        let declared: Vec<String> = topology
+            .subscriptions_on(&topic.name)
+            .map(|s| format!("projects/{project}/subscriptions/{}", s.name))
+            .collect();
+        match reader.topic_subscriptions(&topic.name).await {
+            Ok(live) => compare::topic_subscriptions(&mut out, &topic.name, &declared, &live),
+            Err(e) => out.unreadable(
+                &format!("topic {}", topic.name),
+                "subscriptions",
+                declared.join(", "),
+                e.to_string(),
+            ),
+        }
+    }
+
     for declared in &topology.subscriptions {
         match reader.subscription(&declared.name).await {
             Ok(live) => compare::subscription(&mut out, declared, &live, project),
