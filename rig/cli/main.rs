@@ -39,6 +39,11 @@ struct TargetArgs {
     /// With `--target gcp`: allow prod, where only read-only checks run.
     #[arg(long)]
     allow_prod: bool,
+    /// With `--target gcp` (dev, staging): also prove ordered dead-lettering on the real
+    /// service through the acceptance subscriptions; waits up to this many seconds (staging's
+    /// 10-600 s backoff needs a few minutes).
+    #[arg(long, value_name = "SECONDS")]
+    dead_letter: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -419,7 +424,19 @@ async fn validate_gcp(
         Access::Acceptance => {
             let backbone = Backbone::reach_gcp(&options)?;
             let deployment = backbone.deploy(DEFAULT_SCOPE, topology).await?;
-            Ok(validate::run(&deployment.environment, topology, Vec::new(), Vec::new()).await)
+            let env = &deployment.environment;
+            let mut validation = validate::run(env, topology, Vec::new(), Vec::new()).await;
+            if let Some(seconds) = target.dead_letter {
+                let (check, divergence) = rig::acceptance::ordered_dead_letter(
+                    env,
+                    topology,
+                    std::time::Duration::from_secs(seconds),
+                )
+                .await;
+                validation.checks.push(check);
+                validation.divergences.extend(divergence);
+            }
+            Ok(validation)
         }
         Access::ReadOnly => {
             let reader = rig::drift::live::LiveReader::new(

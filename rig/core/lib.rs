@@ -5,6 +5,7 @@
 //! [`environment::Environment`] (endpoints, credentials) → clients ([`pubsub`], [`storage`],
 //! [`event_store`]) → [`validate`] / scenarios → [`report`]. See ARCHITECTURE.md.
 
+pub mod acceptance;
 pub mod claim_check;
 pub mod divergence;
 pub mod drift;
