@@ -203,7 +203,7 @@ fn target_gcp_refuses_prod_without_allow_prod_and_a_project_the_terraform_does_n
 async fn the_ordered_dead_letter_check_is_a_divergence_on_the_emulator() {
     let (backbone, env) = standin("gcpdeadletter").await;
     let output = tokio::task::spawn_blocking(move || {
-        validate_gcp(&env, "events_acceptance", &["--dead-letter", "60"])
+        validate_gcp(&env, "events_acceptance", &["--dead-letter", "45"])
     })
     .await
     .expect("validate task");
