@@ -1,0 +1,1013 @@
+//! The service's state: topics, subscriptions and each subscription's backlog of unacked
+//! messages with their leases. Transport-free (gRPC and REST both call it) and driven by
+//! the `now` its callers pass, so tests can run it on virtual time.
+//!
+//! Delivery semantics and their sources:
+//! - at-least-once, ack deadlines, expiry and modifyAckDeadline:
+//!   <https://cloud.google.com/pubsub/docs/lease-management>, <https://cloud.google.com/pubsub/docs/subscriber>;
+//! - ordering keys: <https://cloud.google.com/pubsub/docs/ordering> — a key's messages are
+//!   delivered in publish order; when one is nacked or its deadline expires it is redelivered
+//!   together with every later message of its key, in order;
+//! - retry policy: <https://cloud.google.com/pubsub/docs/handling-failures#retry_policy> —
+//!   without one, redelivery is immediate; with one, the delay grows exponentially from
+//!   `minimum_backoff` (10 s when unset) to `maximum_backoff` (600 s when unset);
+//! - dead-letter policy: <https://cloud.google.com/pubsub/docs/handling-failures#dead_letter_topic>
+//!   — `delivery_attempt` on every delivery; after `max_delivery_attempts` failed deliveries
+//!   the message goes to the dead-letter topic with the `CloudPubSubDeadLetterSource*`
+//!   attributes (<https://cloud.google.com/pubsub/docs/dead-letter-topics#track-delivery-attempts>),
+//!   also on ordered subscriptions, after which the key goes on;
+//! - filters: <https://cloud.google.com/pubsub/docs/subscription-message-filter> —
+//!   non-matching messages are acknowledged at once and never delivered;
+//! - exactly-once: <https://cloud.google.com/pubsub/docs/exactly-once-delivery> — an ack
+//!   with an expired or unknown ack id fails.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::{Result, ServiceError};
+use crate::faults::{Fault, FaultPlan};
+use crate::filter::Filter;
+use crate::limits;
+use crate::proto::{self, PubsubMessage, ReceivedMessage, Subscription, Topic};
+
+/// Where a deleted topic's subscriptions point (what the real service reports).
+pub const DELETED_TOPIC: &str = "_deleted-topic_";
+
+/// Attributes the dead-letter forwarding adds.
+pub const DEAD_LETTER_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
+pub const DEAD_LETTER_SUBSCRIPTION: &str = "CloudPubSubDeadLetterSourceSubscription";
+pub const DEAD_LETTER_SUBSCRIPTION_PROJECT: &str = "CloudPubSubDeadLetterSourceSubscriptionProject";
+pub const DEAD_LETTER_PUBLISH_TIME: &str = "CloudPubSubDeadLetterSourceTopicPublishTime";
+
+const DEFAULT_MIN_BACKOFF: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// The delay before redelivery number `failures` (1 = the first redelivery): `minimum`
+/// doubled per earlier failure, capped at `maximum`.
+pub fn backoff(minimum: Duration, maximum: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(30);
+    minimum
+        .checked_mul(1u32 << doublings)
+        .unwrap_or(maximum)
+        .min(maximum)
+}
+
+pub fn duration_of(d: &prost_types::Duration) -> Duration {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(d.seconds as u64, d.nanos as u32)
+}
+
+/// One subscriber connection (a streaming pull) or the unary Pull callers, for flow control.
+pub type ConsumerId = u64;
+/// Unary Pull's leases belong to no stream.
+pub const UNARY: ConsumerId = 0;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outstanding {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct Lease {
+    ack_id: u64,
+    deadline: Instant,
+    consumer: ConsumerId,
+}
+
+#[derive(Debug)]
+struct Pending {
+    message: Arc<PubsubMessage>,
+    attempts: i32,
+    available_at: Instant,
+    lease: Option<Lease>,
+    /// In `schedule` at `available_at`.
+    scheduled: bool,
+}
+
+/// One ordering key's unacked messages, in publish order. The leased ones are always a
+/// prefix: a key is delivered in order, and a failure un-leases from the failed message on.
+#[derive(Debug, Default)]
+struct KeyQueue {
+    seqs: VecDeque<u64>,
+    leased: usize,
+}
+
+/// A message to publish to a dead-letter topic.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub message: PubsubMessage,
+}
+
+/// What a failed delivery turned into.
+enum Failure {
+    Redeliver,
+    DeadLetter(DeadLetter),
+}
+
+pub struct SubscriptionState {
+    pub config: Subscription,
+    filter: Option<Filter>,
+    faults: Option<FaultPlan>,
+    pub notify: Arc<Notify>,
+    messages: HashMap<u64, Pending>,
+    /// Deliverable candidates by (time, publish sequence): every unleased message on an
+    /// unordered subscription; each key's first unleased message on an ordered one.
+    schedule: BTreeSet<(Instant, u64)>,
+    leases: HashMap<u64, u64>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    keys: HashMap<String, KeyQueue>,
+    consumers: HashMap<ConsumerId, Outstanding>,
+}
+
+impl SubscriptionState {
+    fn new(config: Subscription, filter: Option<Filter>, faults: Option<FaultPlan>) -> Self {
+        Self {
+            config,
+            filter,
+            faults,
+            notify: Arc::new(Notify::new()),
+            messages: HashMap::new(),
+            schedule: BTreeSet::new(),
+            leases: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            keys: HashMap::new(),
+            consumers: HashMap::new(),
+        }
+    }
+
+    fn ordered(&self) -> bool {
+        self.config.enable_message_ordering
+    }
+
+    pub fn exactly_once(&self) -> bool {
+        self.config.enable_exactly_once_delivery
+    }
+
+    pub fn outstanding(&self, consumer: ConsumerId) -> Outstanding {
+        self.consumers.get(&consumer).copied().unwrap_or_default()
+    }
+
+    /// Whether a message could be delivered now (flow control aside).
+    pub fn has_deliverable(&self, now: Instant) -> bool {
+        self.schedule.first().is_some_and(|(t, _)| *t <= now)
+    }
+
+    /// The stream-reset fault: decided once per batch a stream is about to receive.
+    pub fn roll_stream_reset(&mut self) -> bool {
+        self.roll(Fault::StreamReset)
+    }
+
+    fn roll(&mut self, fault: Fault) -> bool {
+        self.faults.as_mut().is_some_and(|f| f.roll(fault))
+    }
+
+    fn enqueue(&mut self, seq: u64, message: Arc<PubsubMessage>, now: Instant) {
+        if self.filter.as_ref().is_some_and(|f| !f.matches(&message.attributes)) {
+            // Acknowledged by the service at once: never delivered, never an attempt.
+            return;
+        }
+        let mut available_at = now;
+        if self.roll(Fault::Delay) {
+            available_at += self.faults.as_ref().map_or(Duration::ZERO, |f| f.delay);
+        }
+        let key = message.ordering_key.clone();
+        self.messages.insert(
+            seq,
+            Pending {
+                message,
+                attempts: 0,
+                available_at,
+                lease: None,
+                scheduled: false,
+            },
+        );
+        if self.ordered() && !key.is_empty() {
+            self.keys.entry(key.clone()).or_default().seqs.push_back(seq);
+            self.schedule_key(&key);
+        } else {
+            self.schedule_message(seq);
+        }
+        self.notify.notify_waiters();
+    }
+
+    fn schedule_message(&mut self, seq: u64) {
+        if let Some(p) = self.messages.get_mut(&seq)
+            && !p.scheduled
+            && p.lease.is_none()
+        {
+            p.scheduled = true;
+            self.schedule.insert((p.available_at, seq));
+        }
+    }
+
+    fn unschedule_message(&mut self, seq: u64) {
+        if let Some(p) = self.messages.get_mut(&seq)
+            && p.scheduled
+        {
+            p.scheduled = false;
+            self.schedule.remove(&(p.available_at, seq));
+        }
+    }
+
+    /// Makes the key's first unleased message (and only it) a candidate.
+    fn schedule_key(&mut self, key: &str) {
+        let Some(queue) = self.keys.get(key) else {
+            return;
+        };
+        let candidate = queue.seqs.get(queue.leased).copied();
+        let later: Vec<u64> = queue
+            .seqs
+            .iter()
+            .skip(queue.leased + 1)
+            .copied()
+            .filter(|s| self.messages.get(s).is_some_and(|p| p.scheduled))
+            .collect();
+        for s in later {
+            self.unschedule_message(s);
+        }
+        if let Some(seq) = candidate {
+            self.schedule_message(seq);
+        }
+    }
+
+    fn message_key(&self, seq: u64) -> Option<String> {
+        let p = self.messages.get(&seq)?;
+        (self.ordered() && !p.message.ordering_key.is_empty())
+            .then(|| p.message.ordering_key.clone())
+    }
+
+    /// Leases up to `max_messages` deliverable messages (and about `max_bytes`) to
+    /// `consumer` for `lease` each.
+    pub fn take(
+        &mut self,
+        now: Instant,
+        consumer: ConsumerId,
+        max_messages: usize,
+        max_bytes: u64,
+        lease: Duration,
+        next_ack_id: &mut u64,
+    ) -> Vec<ReceivedMessage> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let with_attempts = self.config.dead_letter_policy.is_some();
+        while out.len() < max_messages && bytes < max_bytes {
+            let Some(&(at, seq)) = self.schedule.first() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.schedule.remove(&(at, seq));
+            let key = self.message_key(seq);
+            let Some(p) = self.messages.get_mut(&seq) else {
+                continue;
+            };
+            p.scheduled = false;
+            *next_ack_id += 1;
+            let ack_id = *next_ack_id;
+            p.attempts += 1;
+            let deadline = now + lease;
+            p.lease = Some(Lease {
+                ack_id,
+                deadline,
+                consumer,
+            });
+            let size = limits::message_bytes(&p.message) as u64;
+            bytes += size;
+            let delivered = ReceivedMessage {
+                ack_id: ack_id.to_string(),
+                message: Some((*p.message).clone()),
+                delivery_attempt: if with_attempts { p.attempts } else { 0 },
+            };
+            self.leases.insert(ack_id, seq);
+            self.deadlines.insert((deadline, ack_id));
+            let o = self.consumers.entry(consumer).or_default();
+            o.messages += 1;
+            o.bytes += size;
+            if let Some(key) = key {
+                if let Some(q) = self.keys.get_mut(&key) {
+                    q.leased += 1;
+                }
+                self.schedule_key(&key);
+            }
+            out.push(delivered);
+        }
+        out
+    }
+
+    /// When the next thing happens on its own: a message becoming deliverable or a lease
+    /// expiring.
+    pub fn next_event(&self) -> Option<Instant> {
+        let a = self.schedule.first().map(|(t, _)| *t);
+        let b = self.deadlines.first().map(|(t, _)| *t);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Treats every lease past its deadline as a failed delivery.
+    fn expire(&mut self, now: Instant) -> Vec<DeadLetter> {
+        let mut dead = Vec::new();
+        while let Some(&(deadline, ack_id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Some(d) = self.fail(ack_id, now, true) {
+                dead.push(d);
+            }
+        }
+        dead
+    }
+
+    /// Drops a lease, returning the message's sequence; the consumer's outstanding count
+    /// goes down.
+    fn release(&mut self, ack_id: u64) -> Option<u64> {
+        let seq = self.leases.remove(&ack_id)?;
+        let p = self.messages.get_mut(&seq)?;
+        let lease = p.lease.take()?;
+        self.deadlines.remove(&(lease.deadline, ack_id));
+        let size = limits::message_bytes(&p.message) as u64;
+        if let Some(o) = self.consumers.get_mut(&lease.consumer) {
+            o.messages = o.messages.saturating_sub(1);
+            o.bytes = o.bytes.saturating_sub(size);
+        }
+        Some(seq)
+    }
+
+    /// A nack, an expired deadline, or a `0` modifyAckDeadline. `backoff` is false for
+    /// injected duplicates, which are not failures of the subscriber.
+    fn fail(&mut self, ack_id: u64, now: Instant, counts: bool) -> Option<DeadLetter> {
+        let seq = self.release(ack_id)?;
+        let failure = if counts {
+            self.judge(seq, now)
+        } else {
+            if let Some(p) = self.messages.get_mut(&seq) {
+                p.available_at = now;
+            }
+            Failure::Redeliver
+        };
+        let key = self.message_key(seq);
+        let mut dead = None;
+        if let Failure::DeadLetter(d) = failure {
+            dead = Some(d);
+        }
+        match key {
+            Some(key) => {
+                // The failed message and every later message of its key go back, in order.
+                let position = self
+                    .keys
+                    .get(&key)
+                    .and_then(|q| q.seqs.iter().position(|s| *s == seq));
+                if let Some(position) = position {
+                    let revoked: Vec<u64> = self
+                        .keys
+                        .get(&key)
+                        .map(|q| {
+                            q.seqs
+                                .iter()
+                                .skip(position + 1)
+                                .take(q.leased.saturating_sub(position + 1))
+                                .copied()
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for later in revoked {
+                        let later_ack = self
+                            .messages
+                            .get(&later)
+                            .and_then(|p| p.lease.as_ref().map(|l| l.ack_id));
+                        if let Some(a) = later_ack {
+                            self.release(a);
+                        }
+                        if let Some(p) = self.messages.get_mut(&later) {
+                            p.available_at = now;
+                        }
+                    }
+                    if let Some(q) = self.keys.get_mut(&key) {
+                        q.leased = position;
+                        if dead.is_some() {
+                            q.seqs.remove(position);
+                        }
+                    }
+                }
+                if dead.is_some() {
+                    self.messages.remove(&seq);
+                    self.drop_key_if_empty(&key);
+                }
+                self.schedule_key(&key);
+            }
+            None => {
+                if dead.is_some() {
+                    self.messages.remove(&seq);
+                } else {
+                    self.schedule_message(seq);
+                }
+            }
+        }
+        self.notify.notify_waiters();
+        dead
+    }
+
+    fn drop_key_if_empty(&mut self, key: &str) {
+        if self.keys.get(key).is_some_and(|q| q.seqs.is_empty()) {
+            self.keys.remove(key);
+        }
+    }
+
+    /// Decides what a failed delivery of `seq` becomes: dead letter, or a redelivery after
+    /// the retry policy's backoff.
+    fn judge(&mut self, seq: u64, now: Instant) -> Failure {
+        let Some(p) = self.messages.get_mut(&seq) else {
+            return Failure::Redeliver;
+        };
+        if let Some(policy) = &self.config.dead_letter_policy
+            && p.attempts >= policy.max_delivery_attempts
+        {
+            let mut message = (*p.message).clone();
+            let (project, _) = limits::resource_id(&self.config.name, "subscriptions")
+                .unwrap_or(("", ""));
+            message
+                .attributes
+                .insert(DEAD_LETTER_DELIVERY_COUNT.into(), p.attempts.to_string());
+            message
+                .attributes
+                .insert(DEAD_LETTER_SUBSCRIPTION.into(), self.config.name.clone());
+            message
+                .attributes
+                .insert(DEAD_LETTER_SUBSCRIPTION_PROJECT.into(), project.to_string());
+            if let Some(t) = &message.publish_time {
+                message
+                    .attributes
+                    .insert(DEAD_LETTER_PUBLISH_TIME.into(), rfc3339(t));
+            }
+            return Failure::DeadLetter(DeadLetter {
+                topic: policy.dead_letter_topic.clone(),
+                message,
+            });
+        }
+        let delay = match &self.config.retry_policy {
+            None => Duration::ZERO,
+            Some(r) => backoff(
+                r.minimum_backoff
+                    .as_ref()
+                    .map_or(DEFAULT_MIN_BACKOFF, duration_of),
+                r.maximum_backoff
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_BACKOFF, duration_of),
+                p.attempts.max(1) as u32,
+            ),
+        };
+        p.available_at = now + delay;
+        Failure::Redeliver
+    }
+
+    fn ack(&mut self, ack_id: u64, now: Instant) -> bool {
+        if !self.leases.contains_key(&ack_id) {
+            return false;
+        }
+        if self.roll(Fault::LostAck) {
+            // The subscriber believes it acked; the lease simply runs out.
+            return true;
+        }
+        if self.roll(Fault::Duplicate) {
+            self.fail(ack_id, now, false);
+            return true;
+        }
+        let Some(seq) = self.release(ack_id) else {
+            return false;
+        };
+        if let Some(key) = self.message_key(seq)
+            && let Some(q) = self.keys.get_mut(&key)
+            && let Some(position) = q.seqs.iter().position(|s| *s == seq)
+        {
+            q.seqs.remove(position);
+            if position < q.leased {
+                q.leased -= 1;
+            }
+            self.drop_key_if_empty(&key);
+        }
+        self.unschedule_message(seq);
+        self.messages.remove(&seq);
+        self.notify.notify_waiters();
+        true
+    }
+
+    fn extend(&mut self, ack_id: u64, deadline: Instant) -> bool {
+        let Some(seq) = self.leases.get(&ack_id).copied() else {
+            return false;
+        };
+        let Some(lease) = self.messages.get_mut(&seq).and_then(|p| p.lease.as_mut()) else {
+            return false;
+        };
+        self.deadlines.remove(&(lease.deadline, ack_id));
+        lease.deadline = deadline;
+        self.deadlines.insert((deadline, ack_id));
+        true
+    }
+
+    pub fn end_consumer(&mut self, consumer: ConsumerId) {
+        // Its leases stay until their deadlines, as on the real service.
+        self.consumers.remove(&consumer);
+    }
+
+    fn purge(&mut self) {
+        self.messages.clear();
+        self.schedule.clear();
+        self.leases.clear();
+        self.deadlines.clear();
+        self.keys.clear();
+        self.notify.notify_waiters();
+    }
+}
+
+fn rfc3339(t: &prost_types::Timestamp) -> String {
+    t.to_string()
+}
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+struct TopicState {
+    topic: Topic,
+    subscriptions: BTreeSet<String>,
+}
+
+/// All topics and subscriptions.
+#[derive(Default)]
+pub struct Broker {
+    topics: HashMap<String, TopicState>,
+    subscriptions: HashMap<String, SubscriptionState>,
+    next_message_id: u64,
+    next_ack_id: u64,
+    next_consumer: ConsumerId,
+    /// Wakes every stream when the service stops or a subscription goes away.
+    pub closing: Arc<Notify>,
+}
+
+/// Which ack ids of a request failed, for exactly-once delivery's per-id errors.
+#[derive(Debug, Default)]
+pub struct AckOutcome {
+    pub invalid: Vec<String>,
+}
+
+fn parse_ack_id(id: &str) -> Option<u64> {
+    id.parse().ok()
+}
+
+impl Broker {
+    pub fn new_consumer(&mut self) -> ConsumerId {
+        self.next_consumer += 1;
+        self.next_consumer
+    }
+
+    // ---- topics -------------------------------------------------------------------------
+
+    pub fn create_topic(&mut self, mut topic: Topic) -> Result<Topic> {
+        limits::resource_id(&topic.name, "topics")?;
+        if self.topics.contains_key(&topic.name) {
+            return Err(ServiceError::already_exists("Topic", &topic.name));
+        }
+        check_topic_fields(&topic)?;
+        topic.state = proto::topic::State::Active as i32;
+        self.topics.insert(
+            topic.name.clone(),
+            TopicState {
+                topic: topic.clone(),
+                subscriptions: BTreeSet::new(),
+            },
+        );
+        Ok(topic)
+    }
+
+    pub fn get_topic(&self, name: &str) -> Result<Topic> {
+        limits::resource_id(name, "topics")?;
+        self.topics
+            .get(name)
+            .map(|t| t.topic.clone())
+            .ok_or_else(|| ServiceError::not_found("Topic", name))
+    }
+
+    pub fn update_topic(&mut self, topic: Topic, mask: &[String]) -> Result<Topic> {
+        limits::resource_id(&topic.name, "topics")?;
+        check_topic_fields(&topic)?;
+        let state = self
+            .topics
+            .get_mut(&topic.name)
+            .ok_or_else(|| ServiceError::not_found("Topic", &topic.name))?;
+        if mask.is_empty() {
+            return Err(ServiceError::invalid("The update_mask is required."));
+        }
+        for path in mask {
+            match path.as_str() {
+                "labels" => state.topic.labels = topic.labels.clone(),
+                "message_retention_duration" | "messageRetentionDuration" => {
+                    state.topic.message_retention_duration = topic.message_retention_duration
+                }
+                "message_storage_policy" | "messageStoragePolicy" => {
+                    state.topic.message_storage_policy = topic.message_storage_policy.clone()
+                }
+                "kms_key_name" | "kmsKeyName" => {
+                    state.topic.kms_key_name = topic.kms_key_name.clone()
+                }
+                other => {
+                    return Err(ServiceError::invalid(format!(
+                        "Invalid update_mask path {other:?} for a topic."
+                    )));
+                }
+            }
+        }
+        Ok(state.topic.clone())
+    }
+
+    pub fn list_topics(&self, project: &str) -> Vec<Topic> {
+        let prefix = format!("projects/{project}/topics/");
+        let mut topics: Vec<Topic> = self
+            .topics
+            .values()
+            .filter(|t| t.topic.name.starts_with(&prefix))
+            .map(|t| t.topic.clone())
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    pub fn topic_subscriptions(&self, topic: &str) -> Result<Vec<String>> {
+        limits::resource_id(topic, "topics")?;
+        self.topics
+            .get(topic)
+            .map(|t| t.subscriptions.iter().cloned().collect())
+            .ok_or_else(|| ServiceError::not_found("Topic", topic))
+    }
+
+    pub fn delete_topic(&mut self, name: &str) -> Result<()> {
+        limits::resource_id(name, "topics")?;
+        let state = self
+            .topics
+            .remove(name)
+            .ok_or_else(|| ServiceError::not_found("Topic", name))?;
+        for s in state.subscriptions {
+            if let Some(sub) = self.subscriptions.get_mut(&s) {
+                sub.config.topic = DELETED_TOPIC.into();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn detach_subscription(&mut self, name: &str) -> Result<()> {
+        limits::resource_id(name, "subscriptions")?;
+        let sub = self
+            .subscriptions
+            .get_mut(name)
+            .ok_or_else(|| ServiceError::not_found("Subscription", name))?;
+        sub.config.detached = true;
+        sub.purge();
+        let topic = sub.config.topic.clone();
+        if let Some(t) = self.topics.get_mut(&topic) {
+            t.subscriptions.remove(name);
+        }
+        Ok(())
+    }
+
+    /// Publishes `messages` (already checked against the limits) to `topic`; returns their
+    /// ids.
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        messages: Vec<PubsubMessage>,
+        now: Instant,
+    ) -> Result<Vec<String>> {
+        limits::resource_id(topic, "topics")?;
+        limits::check_publish(&messages)?;
+        let state = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| ServiceError::not_found("Topic", topic))?;
+        let subscriptions: Vec<String> = state.subscriptions.iter().cloned().collect();
+        let publish_time = timestamp(SystemTime::now());
+        let mut ids = Vec::with_capacity(messages.len());
+        for mut m in messages {
+            self.next_message_id += 1;
+            let seq = self.next_message_id;
+            m.message_id = seq.to_string();
+            m.publish_time = Some(publish_time);
+            ids.push(m.message_id.clone());
+            let m = Arc::new(m);
+            for s in &subscriptions {
+                if let Some(sub) = self.subscriptions.get_mut(s) {
+                    sub.enqueue(seq, m.clone(), now);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    // ---- subscriptions ------------------------------------------------------------------
+
+    pub fn create_subscription(&mut self, mut s: Subscription) -> Result<Subscription> {
+        limits::resource_id(&s.name, "subscriptions")?;
+        limits::resource_id(&s.topic, "topics")?;
+        if self.subscriptions.contains_key(&s.name) {
+            return Err(ServiceError::already_exists("Subscription", &s.name));
+        }
+        if !self.topics.contains_key(&s.topic) {
+            return Err(ServiceError::not_found("Topic", &s.topic));
+        }
+        let (filter, faults) = normalise_subscription(&mut s)?;
+        if let Some(t) = self.topics.get_mut(&s.topic) {
+            t.subscriptions.insert(s.name.clone());
+        }
+        self.subscriptions.insert(
+            s.name.clone(),
+            SubscriptionState::new(s.clone(), filter, faults),
+        );
+        Ok(s)
+    }
+
+    pub fn subscription(&self, name: &str) -> Result<&SubscriptionState> {
+        limits::resource_id(name, "subscriptions")?;
+        self.subscriptions
+            .get(name)
+            .ok_or_else(|| ServiceError::not_found("Subscription", name))
+    }
+
+    pub fn subscription_mut(&mut self, name: &str) -> Result<&mut SubscriptionState> {
+        limits::resource_id(name, "subscriptions")?;
+        self.subscriptions
+            .get_mut(name)
+            .ok_or_else(|| ServiceError::not_found("Subscription", name))
+    }
+
+    pub fn get_subscription(&self, name: &str) -> Result<Subscription> {
+        self.subscription(name).map(|s| s.config.clone())
+    }
+
+    pub fn update_subscription(&mut self, update: Subscription, mask: &[String]) -> Result<Subscription> {
+        if mask.is_empty() {
+            return Err(ServiceError::invalid("The update_mask is required."));
+        }
+        let current = self.subscription(&update.name)?.config.clone();
+        let mut next = current.clone();
+        for path in mask {
+            match path.as_str() {
+                "ack_deadline_seconds" | "ackDeadlineSeconds" => {
+                    next.ack_deadline_seconds = update.ack_deadline_seconds
+                }
+                "retain_acked_messages" | "retainAckedMessages" => {
+                    next.retain_acked_messages = update.retain_acked_messages
+                }
+                "message_retention_duration" | "messageRetentionDuration" => {
+                    next.message_retention_duration = update.message_retention_duration
+                }
+                "labels" => next.labels = update.labels.clone(),
+                "expiration_policy" | "expirationPolicy" => {
+                    next.expiration_policy = update.expiration_policy
+                }
+                "dead_letter_policy" | "deadLetterPolicy" => {
+                    next.dead_letter_policy = update.dead_letter_policy.clone()
+                }
+                "retry_policy" | "retryPolicy" => next.retry_policy = update.retry_policy,
+                "push_config" | "pushConfig" => next.push_config = update.push_config.clone(),
+                "enable_exactly_once_delivery" | "enableExactlyOnceDelivery" => {
+                    next.enable_exactly_once_delivery = update.enable_exactly_once_delivery
+                }
+                "filter" => {
+                    return Err(ServiceError::invalid(
+                        "A subscription's filter cannot be changed after creation.",
+                    ));
+                }
+                "enable_message_ordering" | "enableMessageOrdering" => {
+                    return Err(ServiceError::invalid(
+                        "A subscription's message ordering cannot be changed after creation.",
+                    ));
+                }
+                other => {
+                    return Err(ServiceError::invalid(format!(
+                        "Invalid update_mask path {other:?} for a subscription."
+                    )));
+                }
+            }
+        }
+        let (_, faults) = normalise_subscription(&mut next)?;
+        let sub = self.subscription_mut(&update.name)?;
+        sub.config = next.clone();
+        sub.faults = faults;
+        Ok(next)
+    }
+
+    pub fn list_subscriptions(&self, project: &str) -> Vec<Subscription> {
+        let prefix = format!("projects/{project}/subscriptions/");
+        let mut subs: Vec<Subscription> = self
+            .subscriptions
+            .values()
+            .filter(|s| s.config.name.starts_with(&prefix))
+            .map(|s| s.config.clone())
+            .collect();
+        subs.sort_by(|a, b| a.name.cmp(&b.name));
+        subs
+    }
+
+    pub fn delete_subscription(&mut self, name: &str) -> Result<()> {
+        limits::resource_id(name, "subscriptions")?;
+        let sub = self
+            .subscriptions
+            .remove(name)
+            .ok_or_else(|| ServiceError::not_found("Subscription", name))?;
+        if let Some(t) = self.topics.get_mut(&sub.config.topic) {
+            t.subscriptions.remove(name);
+        }
+        sub.notify.notify_waiters();
+        self.closing.notify_waiters();
+        Ok(())
+    }
+
+    // ---- delivery -----------------------------------------------------------------------
+
+    /// Expires leases everywhere and forwards what that dead-letters.
+    pub fn tick(&mut self, now: Instant) {
+        let mut dead = Vec::new();
+        for sub in self.subscriptions.values_mut() {
+            dead.extend(sub.expire(now));
+        }
+        self.forward(dead, now);
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.subscriptions
+            .values()
+            .filter_map(|s| s.deadlines.first().map(|(t, _)| *t))
+            .min()
+    }
+
+    fn forward(&mut self, dead: Vec<DeadLetter>, now: Instant) {
+        for d in dead {
+            let mut m = d.message;
+            m.message_id.clear();
+            m.publish_time = None;
+            if let Err(e) = self.publish(&d.topic, vec![m], now) {
+                // The real service keeps retrying; a missing dead-letter topic loses it here.
+                tracing::warn!("dead-letter forwarding to {} failed: {e}", d.topic);
+            }
+        }
+    }
+
+    /// Leases messages of `subscription` to `consumer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pull(
+        &mut self,
+        subscription: &str,
+        consumer: ConsumerId,
+        max_messages: usize,
+        max_bytes: u64,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let mut next_ack_id = self.next_ack_id;
+        let sub = self.subscription_mut(subscription)?;
+        let dead = sub.expire(now);
+        let out = sub.take(now, consumer, max_messages, max_bytes, lease, &mut next_ack_id);
+        self.next_ack_id = next_ack_id;
+        self.forward(dead, now);
+        Ok(out)
+    }
+
+    pub fn acknowledge(
+        &mut self,
+        subscription: &str,
+        ack_ids: &[String],
+        now: Instant,
+    ) -> Result<AckOutcome> {
+        let sub = self.subscription_mut(subscription)?;
+        let mut outcome = AckOutcome::default();
+        for id in ack_ids {
+            let ok = parse_ack_id(id).is_some_and(|a| sub.ack(a, now));
+            if !ok {
+                outcome.invalid.push(id.clone());
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Sets the deadline of each ack id to `seconds` from now; `0` is a nack.
+    pub fn modify_ack_deadline(
+        &mut self,
+        subscription: &str,
+        ack_ids: &[String],
+        seconds: i32,
+        now: Instant,
+    ) -> Result<AckOutcome> {
+        limits::check_modify_deadline(seconds)?;
+        let sub = self.subscription_mut(subscription)?;
+        let mut outcome = AckOutcome::default();
+        let mut dead = Vec::new();
+        for id in ack_ids {
+            let Some(a) = parse_ack_id(id).filter(|a| sub.leases.contains_key(a)) else {
+                outcome.invalid.push(id.clone());
+                continue;
+            };
+            if seconds == 0 {
+                dead.extend(sub.fail(a, now, true));
+            } else {
+                sub.extend(a, now + Duration::from_secs(seconds as u64));
+            }
+        }
+        self.forward(dead, now);
+        Ok(outcome)
+    }
+}
+
+fn check_topic_fields(topic: &Topic) -> Result<()> {
+    if topic.schema_settings.is_some() {
+        return Err(ServiceError::unsupported("Topic schema_settings"));
+    }
+    if topic.ingestion_data_source_settings.is_some() {
+        return Err(ServiceError::unsupported("Topic ingestion_data_source_settings"));
+    }
+    if !topic.message_transforms.is_empty() {
+        return Err(ServiceError::unsupported("Topic message_transforms"));
+    }
+    Ok(())
+}
+
+/// Validates a subscription and fills the defaults the real service reports back.
+fn normalise_subscription(s: &mut Subscription) -> Result<(Option<Filter>, Option<FaultPlan>)> {
+    if s.bigquery_config.is_some() || s.cloud_storage_config.is_some() || s.bigtable_config.is_some()
+    {
+        return Err(ServiceError::unsupported(
+            "Export subscriptions (BigQuery, Cloud Storage, Bigtable)",
+        ));
+    }
+    if s.push_config.as_ref().is_some_and(|p| !p.push_endpoint.is_empty()) {
+        return Err(ServiceError::unsupported("Push delivery"));
+    }
+    if !s.message_transforms.is_empty() {
+        return Err(ServiceError::unsupported("Subscription message_transforms"));
+    }
+    s.ack_deadline_seconds = limits::check_subscription_ack_deadline(s.ack_deadline_seconds)?;
+    let filter = Filter::parse(&s.filter).map_err(|e| ServiceError::invalid(e.to_string()))?;
+    if let Some(p) = &mut s.dead_letter_policy {
+        if p.dead_letter_topic.is_empty() {
+            return Err(ServiceError::invalid(
+                "A dead_letter_policy needs a dead_letter_topic.",
+            ));
+        }
+        limits::resource_id(&p.dead_letter_topic, "topics")?;
+        if p.max_delivery_attempts == 0 {
+            p.max_delivery_attempts = limits::DEFAULT_DELIVERY_ATTEMPTS;
+        }
+        if !(limits::MIN_DELIVERY_ATTEMPTS..=limits::MAX_DELIVERY_ATTEMPTS)
+            .contains(&p.max_delivery_attempts)
+        {
+            return Err(ServiceError::invalid(format!(
+                "Invalid max_delivery_attempts {}: it must be between {} and {}.",
+                p.max_delivery_attempts,
+                limits::MIN_DELIVERY_ATTEMPTS,
+                limits::MAX_DELIVERY_ATTEMPTS
+            )));
+        }
+    }
+    if let Some(r) = &mut s.retry_policy {
+        let min = r.minimum_backoff.get_or_insert(prost_types::Duration {
+            seconds: DEFAULT_MIN_BACKOFF.as_secs() as i64,
+            nanos: 0,
+        });
+        let min = duration_of(min);
+        let max = r.maximum_backoff.get_or_insert(prost_types::Duration {
+            seconds: DEFAULT_MAX_BACKOFF.as_secs() as i64,
+            nanos: 0,
+        });
+        let max = duration_of(max);
+        if min > DEFAULT_MAX_BACKOFF || max > DEFAULT_MAX_BACKOFF || min > max {
+            return Err(ServiceError::invalid(format!(
+                "Invalid retry_policy {min:?}..{max:?}: both backoffs must be between 0 and 600 s, the minimum not above the maximum."
+            )));
+        }
+    }
+    if s.message_retention_duration.is_none() {
+        s.message_retention_duration = Some(prost_types::Duration {
+            seconds: 7 * 24 * 3600,
+            nanos: 0,
+        });
+    }
+    if s.expiration_policy.is_none() {
+        s.expiration_policy = Some(proto::ExpirationPolicy {
+            ttl: Some(prost_types::Duration {
+                seconds: 31 * 24 * 3600,
+                nanos: 0,
+            }),
+        });
+    }
+    s.state = proto::subscription::State::Active as i32;
+    let faults = FaultPlan::from_labels(&s.labels)?;
+    Ok((filter, faults))
+}
