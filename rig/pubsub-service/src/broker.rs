@@ -433,14 +433,14 @@ impl SubscriptionState {
             && p.attempts >= policy.max_delivery_attempts
         {
             let mut message = (*p.message).clone();
-            let (project, _) = limits::resource_id(&self.config.name, "subscriptions")
+            let (project, id) = limits::resource_id(&self.config.name, "subscriptions")
                 .unwrap_or(("", ""));
             message
                 .attributes
                 .insert(DEAD_LETTER_DELIVERY_COUNT.into(), p.attempts.to_string());
             message
                 .attributes
-                .insert(DEAD_LETTER_SUBSCRIPTION.into(), self.config.name.clone());
+                .insert(DEAD_LETTER_SUBSCRIPTION.into(), id.to_string());
             message
                 .attributes
                 .insert(DEAD_LETTER_SUBSCRIPTION_PROJECT.into(), project.to_string());
