@@ -241,7 +241,7 @@ async fn dead_letter_case(
             dead.len() - missing_dead_letters.len(),
             dead.len()
         );
-        if env.pubsub.is_emulator() && ordered {
+        if env.pubsub.is_google_emulator() && ordered {
             // The one undecidable part; everything else above still had to hold.
             let stored_dead = violations.iter().any(|v| v.contains("was stored"));
             if stored_dead {

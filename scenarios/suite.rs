@@ -13,6 +13,8 @@ use rig::targets::{Backbone, TargetKind};
 pub struct Options {
     pub environment: String,
     pub target: TargetKind,
+    /// The local target's Pub/Sub.
+    pub pubsub: rig::pubsub::PubsubImplementation,
     pub names: Vec<String>,
     pub mutations: bool,
     pub cases: Option<u32>,
@@ -56,10 +58,14 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
     eprintln!("starting the {} backbone...", options.target);
     let backbone = Arc::new(
         runtime
-            .block_on(Backbone::start(options.target))
+            .block_on(Backbone::start_with(options.target, options.pubsub))
             .context("starting the backbone")?,
     );
-    eprintln!("event store engine: {}", backbone.engine());
+    eprintln!(
+        "event store engine: {}   pubsub: {}",
+        backbone.engine(),
+        backbone.pubsub()
+    );
     let runner = Runner {
         backbone: backbone.clone(),
         runtime,
@@ -90,9 +96,10 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
         }
     }
     println!(
-        "target: {}   event store engine: {}\n",
+        "target: {}   event store engine: {}   pubsub: {}\n",
         options.target,
-        backbone.engine()
+        backbone.engine(),
+        backbone.pubsub()
     );
     print!("{}", render(&reports));
     if let Some(path) = &options.junit {
@@ -114,7 +121,8 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
                 },
             })
             .collect();
-        std::fs::write(path, junit("backbone-rig scenarios", &cases))
+        let suite = format!("backbone-rig scenarios (pubsub: {})", backbone.pubsub());
+        std::fs::write(path, junit(&suite, &cases))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("JUnit report written to {}", path.display());
     }

@@ -22,17 +22,76 @@ pub enum PubsubError {
     Request { action: String, detail: String },
 }
 
+/// Which Pub/Sub a target talks to. The local target runs our own service unless
+/// `RIG_PUBSUB=google-emulator` (or `--pubsub google-emulator`) asks for Google's emulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PubsubImplementation {
+    /// `pubsub-service` (rig/pubsub-service), in process.
+    #[default]
+    PubsubService,
+    /// Google's emulator from the Cloud CLI, with its known defects (docs/feature-support.md).
+    GoogleEmulator,
+    /// The real service.
+    Google,
+}
+
+/// The variable that picks the local target's Pub/Sub (also written by `rig up`).
+pub const RIG_PUBSUB: &str = "RIG_PUBSUB";
+
+impl PubsubImplementation {
+    /// The local target's choice: `RIG_PUBSUB`, else our own service.
+    pub fn chosen() -> Result<Self, String> {
+        match std::env::var(RIG_PUBSUB) {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(Self::default()),
+        }
+    }
+}
+
+impl std::fmt::Display for PubsubImplementation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PubsubService => "pubsub-service",
+            Self::GoogleEmulator => "google-emulator",
+            Self::Google => "google",
+        })
+    }
+}
+
+impl std::str::FromStr for PubsubImplementation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pubsub-service" => Ok(Self::PubsubService),
+            "google-emulator" => Ok(Self::GoogleEmulator),
+            "google" => Ok(Self::Google),
+            other => Err(format!(
+                "unknown Pub/Sub `{other}` ({RIG_PUBSUB} or --pubsub): expected `pubsub-service` (our own, the default) or `google-emulator`"
+            )),
+        }
+    }
+}
+
 /// Where a target's Pub/Sub lives and which project the backbone uses there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PubsubConnection {
-    /// `http://127.0.0.1:PORT` for the emulator; `None` for Google's endpoint.
+    /// `http://127.0.0.1:PORT` for a local service; `None` for Google's endpoint.
     pub endpoint: Option<String>,
     pub project_id: String,
+    /// What answers at `endpoint`.
+    pub implementation: PubsubImplementation,
 }
 
 impl PubsubConnection {
+    /// Any local stand-in (anonymous credentials, explicit endpoint).
     pub fn is_emulator(&self) -> bool {
         self.endpoint.is_some()
+    }
+
+    /// Google's emulator, whose known defects the scenarios report as divergences rather
+    /// than failures. Our own service gets no such excuse.
+    pub fn is_google_emulator(&self) -> bool {
+        self.is_emulator() && self.implementation == PubsubImplementation::GoogleEmulator
     }
 
     /// `host:port`, as `PUBSUB_EMULATOR_HOST` expects.

@@ -40,6 +40,8 @@ fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
 pub struct Validation {
     pub target: String,
     pub engine: String,
+    /// Which Pub/Sub answered (`pubsub-service`, `google-emulator`, `google`).
+    pub pubsub: String,
     pub checks: Vec<Check>,
     pub divergences: Vec<Divergence>,
 }
@@ -60,8 +62,8 @@ impl Validation {
             ]);
         }
         let mut out = format!(
-            "target: {}   event store engine: {}\n\n",
-            self.target, self.engine
+            "target: {}   event store engine: {}   pubsub: {}\n\n",
+            self.target, self.engine, self.pubsub
         );
         out.push_str(&table.render());
         if !self.divergences.is_empty() {
@@ -268,6 +270,7 @@ pub async fn run(
     Validation {
         target: format!("{} (scope {})", env.target, env.scope),
         engine: env.engine.clone(),
+        pubsub: env.pubsub.implementation.to_string(),
         checks: rec.checks,
         divergences: rec.divergences,
     }
@@ -345,7 +348,7 @@ async fn receive_probe(
                 bail!("probe arrived with a different payload: {data}");
             }
             let detail = format!("received and acknowledged on {}", subscription.name);
-            if others > 0 && env.pubsub.is_emulator() {
+            if others > 0 && env.pubsub.is_google_emulator() {
                 return Ok(Verdict::Divergence(filter_divergence(format!(
                     "{others} non-probe message(s) delivered on the probe-only subscription {}",
                     subscription.name
