@@ -93,10 +93,15 @@ struct Pending {
 
 /// One ordering key's unacked messages, in publish order. The leased ones are always a
 /// prefix: a key is delivered in order, and a failure un-leases from the failed message on.
+///
+/// While any of its messages is leased, a key belongs to that one consumer: the real service
+/// delivers a key's messages to one subscriber stream at a time (otherwise two workers could
+/// process a key's messages concurrently and out of order).
 #[derive(Debug, Default)]
 struct KeyQueue {
     seqs: VecDeque<u64>,
     leased: usize,
+    consumer: Option<ConsumerId>,
 }
 
 /// A message to publish to a dead-letter topic.
@@ -258,15 +263,35 @@ impl SubscriptionState {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         let with_attempts = self.config.dead_letter_policy.is_some();
+        let mut cursor: Option<(Instant, u64)> = None;
         while out.len() < max_messages && bytes < max_bytes {
-            let Some(&(at, seq)) = self.schedule.first() else {
+            let next = match cursor {
+                None => self.schedule.first().copied(),
+                Some(c) => self
+                    .schedule
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .next()
+                    .copied(),
+            };
+            let Some((at, seq)) = next else {
                 break;
             };
             if at > now {
                 break;
             }
-            self.schedule.remove(&(at, seq));
             let key = self.message_key(seq);
+            if let Some(k) = &key
+                && self
+                    .keys
+                    .get(k)
+                    .and_then(|q| q.consumer)
+                    .is_some_and(|c| c != consumer)
+            {
+                // Another stream holds this key; leave it for that one.
+                cursor = Some((at, seq));
+                continue;
+            }
+            self.schedule.remove(&(at, seq));
             let Some(p) = self.messages.get_mut(&seq) else {
                 continue;
             };
@@ -295,6 +320,7 @@ impl SubscriptionState {
             if let Some(key) = key {
                 if let Some(q) = self.keys.get_mut(&key) {
                     q.leased += 1;
+                    q.consumer = Some(consumer);
                 }
                 self.schedule_key(&key);
             }
@@ -394,6 +420,9 @@ impl SubscriptionState {
                     }
                     if let Some(q) = self.keys.get_mut(&key) {
                         q.leased = position;
+                        if position == 0 {
+                            q.consumer = None;
+                        }
                         if dead.is_some() {
                             q.seqs.remove(position);
                         }
@@ -492,6 +521,9 @@ impl SubscriptionState {
             q.seqs.remove(position);
             if position < q.leased {
                 q.leased -= 1;
+            }
+            if q.leased == 0 {
+                q.consumer = None;
             }
             self.drop_key_if_empty(&key);
         }
@@ -1010,4 +1042,288 @@ fn normalise_subscription(s: &mut Subscription) -> Result<(Option<Filter>, Optio
     s.state = proto::subscription::State::Active as i32;
     let faults = FaultPlan::from_labels(&s.labels)?;
     Ok((filter, faults))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUB: &str = "projects/p/subscriptions/sub";
+    const TOPIC: &str = "projects/p/topics/top";
+    const DLQ: &str = "projects/p/topics/dlq";
+    const LEASE: Duration = Duration::from_secs(10);
+
+    fn broker(configure: impl FnOnce(&mut Subscription)) -> Broker {
+        let mut b = Broker::default();
+        for t in [TOPIC, DLQ] {
+            b.create_topic(Topic {
+                name: t.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let mut s = Subscription {
+            name: SUB.into(),
+            topic: TOPIC.into(),
+            ..Default::default()
+        };
+        configure(&mut s);
+        b.create_subscription(s).unwrap();
+        b.create_subscription(Subscription {
+            name: "projects/p/subscriptions/dlq-inspect".into(),
+            topic: DLQ.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        b
+    }
+
+    fn publish(b: &mut Broker, key: &str, data: &str, now: Instant) {
+        b.publish(
+            TOPIC,
+            vec![PubsubMessage {
+                data: data.as_bytes().to_vec().into(),
+                ordering_key: key.into(),
+                ..Default::default()
+            }],
+            now,
+        )
+        .unwrap();
+    }
+
+    fn pull(b: &mut Broker, consumer: ConsumerId, now: Instant) -> Vec<(String, String, i32)> {
+        b.pull(SUB, consumer, 100, u64::MAX, LEASE, now)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let m = r.message.unwrap_or_default();
+                (
+                    String::from_utf8_lossy(&m.data).into_owned(),
+                    r.ack_id,
+                    r.delivery_attempt,
+                )
+            })
+            .collect()
+    }
+
+    fn data(got: &[(String, String, i32)]) -> Vec<&str> {
+        got.iter().map(|(d, _, _)| d.as_str()).collect()
+    }
+
+    fn nack(b: &mut Broker, ack_id: &str, now: Instant) {
+        b.modify_ack_deadline(SUB, &[ack_id.to_string()], 0, now)
+            .unwrap();
+    }
+
+    fn ordered(s: &mut Subscription) {
+        s.enable_message_ordering = true;
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
+        let s = Duration::from_secs;
+        let got: Vec<Duration> = (1..=6).map(|n| backoff(s(1), s(10), n)).collect();
+        assert_eq!(got, vec![s(1), s(2), s(4), s(8), s(10), s(10)]);
+        assert_eq!(backoff(s(0), s(0), 3), s(0));
+        assert_eq!(backoff(s(600), s(600), 100), s(600));
+    }
+
+    #[test]
+    fn a_nack_brings_back_the_message_and_the_rest_of_its_key_in_order() {
+        let now = Instant::now();
+        let mut b = broker(ordered);
+        for d in ["1", "2", "3"] {
+            publish(&mut b, "k", d, now);
+        }
+        publish(&mut b, "other", "x", now);
+        let first = pull(&mut b, 1, now);
+        assert_eq!(data(&first), vec!["1", "2", "3", "x"]);
+        b.acknowledge(SUB, &[first[0].1.clone()], now).unwrap();
+        nack(&mut b, &first[1].1, now);
+        // 3's old ack id was revoked with the nack of 2.
+        let stale = b.acknowledge(SUB, &[first[2].1.clone()], now).unwrap();
+        assert_eq!(stale.invalid, vec![first[2].1.clone()]);
+        let again = pull(&mut b, 1, now);
+        assert_eq!(data(&again), vec!["2", "3"]);
+    }
+
+    #[test]
+    fn a_key_stays_with_one_stream_while_it_has_leased_messages() {
+        let now = Instant::now();
+        let mut b = broker(ordered);
+        publish(&mut b, "k", "k1", now);
+        let a = pull(&mut b, 1, now);
+        assert_eq!(data(&a), vec!["k1"]);
+        publish(&mut b, "k", "k2", now);
+        publish(&mut b, "j", "j1", now);
+        assert_eq!(data(&pull(&mut b, 2, now)), vec!["j1"], "k belongs to stream 1");
+        assert_eq!(data(&pull(&mut b, 1, now)), vec!["k2"]);
+    }
+
+    #[test]
+    fn the_retry_policy_delays_redelivery_from_the_first_nack() {
+        let now = Instant::now();
+        let mut b = broker(|s| {
+            s.retry_policy = Some(proto::RetryPolicy {
+                minimum_backoff: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                maximum_backoff: Some(prost_types::Duration { seconds: 3, nanos: 0 }),
+            })
+        });
+        publish(&mut b, "", "m", now);
+        let mut t = now;
+        for wait in [1, 2, 3, 3] {
+            let got = pull(&mut b, 1, t);
+            assert_eq!(data(&got), vec!["m"]);
+            nack(&mut b, &got[0].1, t);
+            let just_before = t + Duration::from_secs(wait) - Duration::from_millis(1);
+            assert!(pull(&mut b, 1, just_before).is_empty(), "redelivered before {wait}s");
+            t += Duration::from_secs(wait);
+        }
+        assert_eq!(data(&pull(&mut b, 1, t)), vec!["m"]);
+    }
+
+    #[test]
+    fn without_a_retry_policy_redelivery_is_immediate() {
+        let now = Instant::now();
+        let mut b = broker(|_| {});
+        publish(&mut b, "", "m", now);
+        let got = pull(&mut b, 1, now);
+        nack(&mut b, &got[0].1, now);
+        assert_eq!(data(&pull(&mut b, 1, now)), vec!["m"]);
+    }
+
+    #[test]
+    fn an_expired_deadline_counts_as_a_failed_attempt() {
+        let now = Instant::now();
+        let mut b = broker(|s| {
+            s.dead_letter_policy = Some(proto::DeadLetterPolicy {
+                dead_letter_topic: DLQ.into(),
+                max_delivery_attempts: 5,
+            })
+        });
+        publish(&mut b, "", "m", now);
+        let first = pull(&mut b, 1, now);
+        assert_eq!(first[0].2, 1);
+        assert!(pull(&mut b, 1, now + LEASE - Duration::from_millis(1)).is_empty());
+        let later = now + LEASE;
+        b.tick(later);
+        let second = pull(&mut b, 1, later);
+        assert_eq!((second[0].0.as_str(), second[0].2), ("m", 2));
+        let expired = b.acknowledge(SUB, &[first[0].1.clone()], later).unwrap();
+        assert_eq!(expired.invalid.len(), 1, "the first ack id expired with its lease");
+    }
+
+    #[test]
+    fn an_ordered_message_is_dead_lettered_after_its_last_attempt_and_the_key_goes_on() {
+        let now = Instant::now();
+        let mut b = broker(|s| {
+            s.enable_message_ordering = true;
+            s.dead_letter_policy = Some(proto::DeadLetterPolicy {
+                dead_letter_topic: DLQ.into(),
+                max_delivery_attempts: 5,
+            });
+        });
+        publish(&mut b, "k", "poison", now);
+        publish(&mut b, "k", "next", now);
+        for attempt in 1..=5 {
+            let got = pull(&mut b, 1, now);
+            assert_eq!(data(&got), vec!["poison", "next"]);
+            assert_eq!(got[0].2, attempt);
+            nack(&mut b, &got[0].1, now);
+        }
+        assert_eq!(data(&pull(&mut b, 1, now)), vec!["next"]);
+        let dead = b
+            .pull("projects/p/subscriptions/dlq-inspect", 9, 10, u64::MAX, LEASE, now)
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        let m = dead[0].message.clone().unwrap_or_default();
+        assert_eq!(&m.data[..], b"poison");
+        assert_eq!(m.ordering_key, "k");
+        assert_eq!(m.attributes[DEAD_LETTER_DELIVERY_COUNT], "5");
+        assert_eq!(m.attributes[DEAD_LETTER_SUBSCRIPTION], "sub");
+        assert_eq!(m.attributes[DEAD_LETTER_SUBSCRIPTION_PROJECT], "p");
+    }
+
+    #[test]
+    fn filtered_out_messages_are_never_delivered_nor_counted() {
+        let now = Instant::now();
+        let mut b = broker(|s| s.filter = "attributes:keep".into());
+        b.publish(
+            TOPIC,
+            vec![
+                PubsubMessage {
+                    data: b"drop".to_vec().into(),
+                    ..Default::default()
+                },
+                PubsubMessage {
+                    data: b"keep".to_vec().into(),
+                    attributes: [("keep".to_string(), "1".to_string())].into(),
+                    ..Default::default()
+                },
+            ],
+            now,
+        )
+        .unwrap();
+        assert_eq!(data(&pull(&mut b, 1, now)), vec!["keep"]);
+    }
+
+    #[test]
+    fn flow_control_counts_what_a_stream_holds() {
+        let now = Instant::now();
+        let mut b = broker(|_| {});
+        for d in ["1", "2", "3"] {
+            publish(&mut b, "", d, now);
+        }
+        let got = b.pull(SUB, 1, 2, u64::MAX, LEASE, now).unwrap();
+        assert_eq!(got.len(), 2);
+        let sub = b.subscription(SUB).unwrap();
+        assert_eq!(sub.outstanding(1).messages, 2);
+        b.acknowledge(SUB, &[got[0].ack_id.clone()], now).unwrap();
+        assert_eq!(b.subscription(SUB).unwrap().outstanding(1).messages, 1);
+    }
+
+    #[test]
+    fn bad_configuration_gets_the_real_errors() {
+        let mut b = broker(|_| {});
+        let mut s = Subscription {
+            name: "projects/p/subscriptions/sub2".into(),
+            topic: TOPIC.into(),
+            ack_deadline_seconds: 9,
+            ..Default::default()
+        };
+        assert_eq!(
+            b.create_subscription(s.clone()).unwrap_err().code,
+            tonic::Code::InvalidArgument
+        );
+        s.ack_deadline_seconds = 0;
+        s.topic = "projects/p/topics/none".into();
+        assert_eq!(b.create_subscription(s.clone()).unwrap_err().code, tonic::Code::NotFound);
+        s.topic = TOPIC.into();
+        s.filter = "attributes:".into();
+        let e = b.create_subscription(s.clone()).unwrap_err();
+        assert_eq!(e.code, tonic::Code::InvalidArgument);
+        assert!(e.message.contains("position 11"), "{}", e.message);
+        s.filter.clear();
+        s.dead_letter_policy = Some(proto::DeadLetterPolicy {
+            dead_letter_topic: DLQ.into(),
+            max_delivery_attempts: 101,
+        });
+        assert_eq!(
+            b.create_subscription(s.clone()).unwrap_err().code,
+            tonic::Code::InvalidArgument
+        );
+        s.dead_letter_policy = None;
+        assert_eq!(b.create_subscription(s.clone()).unwrap().ack_deadline_seconds, 10);
+        assert_eq!(b.create_subscription(s).unwrap_err().code, tonic::Code::AlreadyExists);
+        assert_eq!(
+            b.create_topic(Topic {
+                name: "projects/p/topics/ab".into(),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .code,
+            tonic::Code::InvalidArgument,
+            "ids need 3+ characters"
+        );
+    }
 }

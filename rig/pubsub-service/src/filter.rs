@@ -77,7 +77,7 @@ impl Filter {
             tokens: &tokens,
             at: 0,
             end: text.len(),
-            last_and_was_bare: false,
+            bare_and_at: None,
         };
         let filter = parser.or()?;
         if let Some(t) = parser.peek() {
@@ -106,7 +106,7 @@ impl fmt::Display for Filter {
     /// The filter in the grammar above (always parenthesised, so it parses back to itself).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn key(k: &str) -> String {
-            if !k.is_empty()
+            if k.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
                 && k.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
@@ -331,9 +331,9 @@ struct Parser<'a> {
     tokens: &'a [Token],
     at: usize,
     end: usize,
-    /// Whether the last `and()` joined terms with an AND outside parentheses: such a chain
-    /// may not meet an OR.
-    last_and_was_bare: bool,
+    /// Where the last `and()` joined terms with an AND outside parentheses (the first such
+    /// AND): such a chain may not meet an OR.
+    bare_and_at: Option<usize>,
 }
 
 impl Parser<'_> {
@@ -373,20 +373,19 @@ impl Parser<'_> {
     fn or(&mut self) -> Result<Filter, FilterError> {
         let mixed = |at| error(at, "AND and OR cannot be mixed without parentheses");
         let first = self.and()?;
-        let first_bare_and = self.last_and_was_bare;
+        let first_bare_and = self.bare_and_at;
         let mut all = vec![first];
         while self.keyword("OR") {
-            let at = self.position();
-            if first_bare_and {
-                return Err(mixed(at));
+            if first_bare_and.is_some() {
+                return Err(mixed(self.position()));
             }
             self.at += 1;
             all.push(self.and()?);
-            if self.last_and_was_bare {
-                return Err(mixed(at));
+            if let Some(and) = self.bare_and_at {
+                return Err(mixed(and));
             }
         }
-        self.last_and_was_bare = first_bare_and;
+        self.bare_and_at = first_bare_and;
         Ok(if all.len() == 1 {
             all.remove(0)
         } else {
@@ -397,11 +396,13 @@ impl Parser<'_> {
     fn and(&mut self) -> Result<Filter, FilterError> {
         let first = self.unary()?;
         let mut all = vec![first];
+        let mut first_and = None;
         while self.keyword("AND") {
+            first_and.get_or_insert(self.position());
             self.at += 1;
             all.push(self.unary()?);
         }
-        self.last_and_was_bare = all.len() > 1;
+        self.bare_and_at = first_and;
         Ok(if all.len() == 1 {
             all.remove(0)
         } else {
@@ -428,7 +429,7 @@ impl Parser<'_> {
                 let inner = self.or()?;
                 self.expect(Kind::RParen, "`)`")?;
                 // Parentheses make an AND safe to combine with OR.
-                self.last_and_was_bare = false;
+                self.bare_and_at = None;
                 Ok(inner)
             }
             Kind::Ident(w) if w == "attributes" => {
@@ -498,6 +499,123 @@ impl Parser<'_> {
         match t.kind {
             Kind::Str(s) => Ok(s),
             other => Err(error(t.position, format!("expected {what}, found {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn parse(s: &str) -> Filter {
+        Filter::parse(s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .unwrap_or_else(|| panic!("{s}: empty"))
+    }
+
+    #[test]
+    fn the_documented_forms_parse_and_match() {
+        let a = attrs(&[("domain", "com"), ("iana.org/language_tag", "en"), ("name", "co-op")]);
+        for (filter, want) in [
+            ("attributes:domain", true),
+            ("attributes:missing", false),
+            ("attributes.domain = \"com\"", true),
+            ("attributes.domain != \"com\"", false),
+            ("attributes.missing != \"com\"", true),
+            ("hasPrefix(attributes.name, \"co\")", true),
+            ("hasPrefix(attributes.missing, \"\")", false),
+            ("attributes.\"iana.org/language_tag\" = \"en\"", true),
+            ("NOT attributes:domain", false),
+            ("-attributes:domain", false),
+            ("attributes:domain AND attributes:name", true),
+            ("attributes:missing OR attributes:name", true),
+            ("(attributes:missing OR attributes:name) AND NOT attributes:x", true),
+            ("attributes.name = \"co\\x2dop\"", true),
+        ] {
+            assert_eq!(parse(filter).matches(&a), want, "{filter}");
+        }
+        assert_eq!(Filter::parse("  ").unwrap(), None);
+    }
+
+    #[test]
+    fn errors_name_the_position() {
+        for (filter, position) in [
+            ("attributes:a AND attributes:b OR attributes:c", 30),
+            ("attributes:a OR attributes:b AND attributes:c", 29),
+            ("attributes.a = value", 15),
+            ("attributes.a == \"v\"", 14),
+            ("attributes:", 11),
+            ("(attributes:a", 13),
+            ("attributes:a )", 13),
+            ("labels:a", 0),
+            ("attributes.a = \"unterminated", 15),
+            ("hasPrefix(attributes.a \"x\")", 23),
+        ] {
+            let e = Filter::parse(filter).expect_err(filter);
+            assert_eq!(e.position, position, "{filter}: {e}");
+        }
+        let long = format!("attributes:{}", "k".repeat(250));
+        assert!(Filter::parse(&long).is_err(), "over 256 bytes");
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z_][a-z0-9_-]{0,6}", "[ -~]{1,6}"]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        "[ -~]{0,6}"
+    }
+
+    fn filter() -> impl Strategy<Value = Filter> {
+        let leaf = prop_oneof![
+            key().prop_map(Filter::HasKey),
+            (key(), value()).prop_map(|(k, v)| Filter::Equals(k, v)),
+            (key(), value()).prop_map(|(k, v)| Filter::NotEquals(k, v)),
+            (key(), value()).prop_map(|(k, v)| Filter::HasPrefix(k, v)),
+        ];
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|f| Filter::Not(Box::new(f))),
+                prop::collection::vec(inner.clone(), 2..=3).prop_map(Filter::And),
+                prop::collection::vec(inner, 2..=3).prop_map(Filter::Or),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn printing_and_parsing_give_back_the_same_filter(f in filter()) {
+            let text = f.to_string();
+            prop_assume!(text.len() <= MAX_FILTER_BYTES);
+            prop_assert_eq!(Filter::parse(&text), Ok(Some(f)));
+        }
+
+        #[test]
+        fn boolean_operators_mean_what_they_say(
+            a in filter(), b in filter(),
+            present in prop::collection::hash_map("[a-z_][a-z0-9_-]{0,6}", "[ -~]{0,6}", 0..4)
+        ) {
+            let and = Filter::And(vec![a.clone(), b.clone()]);
+            let or = Filter::Or(vec![a.clone(), b.clone()]);
+            let not = Filter::Not(Box::new(a.clone()));
+            prop_assert_eq!(and.matches(&present), a.matches(&present) && b.matches(&present));
+            prop_assert_eq!(or.matches(&present), a.matches(&present) || b.matches(&present));
+            prop_assert_eq!(not.matches(&present), !a.matches(&present));
+        }
+
+        #[test]
+        fn any_text_parses_or_fails_with_a_position_inside_it(text in "[ -~]{0,64}") {
+            if let Err(e) = Filter::parse(&text) {
+                prop_assert!(e.position <= text.len(), "{} > {}", e.position, text.len());
+            }
         }
     }
 }
