@@ -36,8 +36,9 @@ impl Shared {
                 .map_err(|e| format!("starting the local backbone: {e:#}"));
             if let Ok(backbone) = &started {
                 eprintln!(
-                    "local backbone up; event store engine: {}",
-                    backbone.engine()
+                    "local backbone up; event store engine: {}; pubsub: {}",
+                    backbone.engine(),
+                    backbone.pubsub()
                 );
             }
             *slot = Some(started);

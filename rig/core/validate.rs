@@ -462,6 +462,13 @@ async fn probe_kept_from_worker(
             // The worker drops probe-marked messages itself, as this does.
             handler.ack();
             if message.attributes.get(attribute).map(String::as_str) == Some(run_id) {
+                if !env.pubsub.is_google_emulator() {
+                    bail!(
+                        "the probe was delivered on {} despite its filter `{}`",
+                        worker.name,
+                        worker.filter.clone().unwrap_or_default()
+                    );
+                }
                 return Ok(Verdict::Divergence(filter_divergence(format!(
                     "the probe was delivered on {} despite its filter `{}`",
                     worker.name,

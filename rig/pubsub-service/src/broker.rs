@@ -102,6 +102,8 @@ struct KeyQueue {
     seqs: VecDeque<u64>,
     leased: usize,
     consumer: Option<ConsumerId>,
+    /// The key's message in `schedule`, if any (its first unleased one).
+    scheduled: Option<u64>,
 }
 
 /// A message to publish to a dead-letter topic.
@@ -228,18 +230,16 @@ impl SubscriptionState {
             return;
         };
         let candidate = queue.seqs.get(queue.leased).copied();
-        let later: Vec<u64> = queue
-            .seqs
-            .iter()
-            .skip(queue.leased + 1)
-            .copied()
-            .filter(|s| self.messages.get(s).is_some_and(|p| p.scheduled))
-            .collect();
-        for s in later {
-            self.unschedule_message(s);
+        if let Some(previous) = queue.scheduled
+            && Some(previous) != candidate
+        {
+            self.unschedule_message(previous);
         }
         if let Some(seq) = candidate {
             self.schedule_message(seq);
+        }
+        if let Some(queue) = self.keys.get_mut(key) {
+            queue.scheduled = candidate;
         }
     }
 

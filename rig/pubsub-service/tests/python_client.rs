@@ -1,0 +1,125 @@
+//! The service driven by Google's Python client (`pip install google-cloud-pubsub`), which
+//! speaks gRPC for everything, admin included. Skips, saying why, when the package is absent
+//! (`./x install` installs it).
+
+use std::process::Command;
+use std::time::Duration;
+
+use pubsub_service::PubsubService;
+
+const SCRIPT: &str = r#"
+import json, os, sys, threading, time
+from google.api_core import exceptions
+from google.cloud import pubsub_v1
+from google.pubsub_v1.types import DeadLetterPolicy, RetryPolicy
+
+project = "py-project"
+publisher = pubsub_v1.PublisherClient(
+    publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
+subscriber = pubsub_v1.SubscriberClient()
+topic = publisher.topic_path(project, "py-topic")
+dlq = publisher.topic_path(project, "py-dlq")
+sub = subscriber.subscription_path(project, "py-ordered")
+filtered = subscriber.subscription_path(project, "py-filtered")
+publisher.create_topic(name=topic)
+publisher.create_topic(name=dlq)
+subscriber.create_subscription(request={
+    "name": sub, "topic": topic, "enable_message_ordering": True, "ack_deadline_seconds": 20,
+    "dead_letter_policy": DeadLetterPolicy(dead_letter_topic=dlq, max_delivery_attempts=5),
+    "retry_policy": RetryPolicy(minimum_backoff={"seconds": 0, "nanos": 10_000_000},
+                                maximum_backoff={"seconds": 0, "nanos": 50_000_000}),
+})
+subscriber.create_subscription(request={"name": filtered, "topic": topic,
+                                        "filter": 'attributes.kind = "probe"'})
+got = subscriber.get_subscription(subscription=sub)
+result = {"read_back": [got.enable_message_ordering, got.ack_deadline_seconds,
+                        got.dead_letter_policy.max_delivery_attempts]}
+try:
+    subscriber.create_subscription(request={"name": subscriber.subscription_path(project, "py-bad"),
+                                            "topic": topic, "filter": "attributes:"})
+    result["bad_filter"] = "accepted"
+except exceptions.InvalidArgument as e:
+    result["bad_filter"] = "INVALID_ARGUMENT"
+
+for i in range(1, 4):
+    publisher.publish(topic, str(i).encode(), ordering_key="k").result()
+publisher.publish(topic, b"probe", kind="probe").result()
+
+processed, deliveries, lock, done = [], [], threading.Lock(), threading.Event()
+state = {"failures": 1, "blocked": False}
+def callback(message):
+    n = message.data.decode()
+    with lock:
+        deliveries.append([n, message.delivery_attempt])
+        if state["blocked"] and n != "2":
+            message.nack(); return
+        if n == "2" and state["failures"] > 0:
+            state["failures"] -= 1; state["blocked"] = True
+            message.nack(); return
+        state["blocked"] = False
+        processed.append(n)
+        message.ack()
+        if len(processed) == 3:
+            done.set()
+future = subscriber.subscribe(sub, callback=callback)
+done.wait(20)
+future.cancel()
+result["processed"] = processed
+result["deliveries"] = deliveries
+pulled = subscriber.pull(request={"subscription": filtered, "max_messages": 10}, timeout=10)
+result["filtered"] = sorted(m.message.data.decode() for m in pulled.received_messages)
+print(json.dumps(result))
+"#;
+
+fn python_client_available() -> Result<(), String> {
+    let out = Command::new("python3")
+        .args(["-c", "import google.cloud.pubsub_v1"])
+        .output()
+        .map_err(|e| format!("python3 cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Google's Python client is not installed (`./x install`, or `pip install google-cloud-pubsub`): {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_administers_publishes_and_streams_in_order() {
+    if let Err(reason) = python_client_available() {
+        eprintln!("SKIPPED the_python_client_administers_publishes_and_streams_in_order: {reason}");
+        return;
+    }
+    let service = PubsubService::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("starting pubsub-service");
+    let host = service.emulator_host();
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["-c", SCRIPT])
+            .env("PUBSUB_EMULATOR_HOST", host)
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .output()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the Python client finished within 120 s")
+        .expect("join")
+        .expect("python3 ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python failed:\n{stderr}\n{stdout}");
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no JSON result ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(result["read_back"], serde_json::json!([true, 20, 5]));
+    assert_eq!(result["bad_filter"], "INVALID_ARGUMENT");
+    assert_eq!(
+        result["processed"],
+        serde_json::json!(["1", "2", "3"]),
+        "deliveries: {}",
+        result["deliveries"]
+    );
+    assert_eq!(result["filtered"], serde_json::json!(["probe"]));
+}
