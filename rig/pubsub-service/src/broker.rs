@@ -177,7 +177,11 @@ impl SubscriptionState {
     }
 
     fn enqueue(&mut self, seq: u64, message: Arc<PubsubMessage>, now: Instant) {
-        if self.filter.as_ref().is_some_and(|f| !f.matches(&message.attributes)) {
+        if self
+            .filter
+            .as_ref()
+            .is_some_and(|f| !f.matches(&message.attributes))
+        {
             // Acknowledged by the service at once: never delivered, never an attempt.
             return;
         }
@@ -197,7 +201,11 @@ impl SubscriptionState {
             },
         );
         if self.ordered() && !key.is_empty() {
-            self.keys.entry(key.clone()).or_default().seqs.push_back(seq);
+            self.keys
+                .entry(key.clone())
+                .or_default()
+                .seqs
+                .push_back(seq);
             self.schedule_key(&key);
         } else {
             self.schedule_message(seq);
@@ -462,8 +470,8 @@ impl SubscriptionState {
             && p.attempts >= policy.max_delivery_attempts
         {
             let mut message = (*p.message).clone();
-            let (project, id) = limits::resource_id(&self.config.name, "subscriptions")
-                .unwrap_or(("", ""));
+            let (project, id) =
+                limits::resource_id(&self.config.name, "subscriptions").unwrap_or(("", ""));
             message
                 .attributes
                 .insert(DEAD_LETTER_DELIVERY_COUNT.into(), p.attempts.to_string());
@@ -783,7 +791,11 @@ impl Broker {
         self.subscription(name).map(|s| s.config.clone())
     }
 
-    pub fn update_subscription(&mut self, update: Subscription, mask: &[String]) -> Result<Subscription> {
+    pub fn update_subscription(
+        &mut self,
+        update: Subscription,
+        mask: &[String],
+    ) -> Result<Subscription> {
         if mask.is_empty() {
             return Err(ServiceError::invalid("The update_mask is required."));
         }
@@ -907,7 +919,14 @@ impl Broker {
         let mut next_ack_id = self.next_ack_id;
         let sub = self.subscription_mut(subscription)?;
         let dead = sub.expire(now);
-        let out = sub.take(now, consumer, max_messages, max_bytes, lease, &mut next_ack_id);
+        let out = sub.take(
+            now,
+            consumer,
+            max_messages,
+            max_bytes,
+            lease,
+            &mut next_ack_id,
+        );
         self.next_ack_id = next_ack_id;
         self.forward(dead, now);
         Ok(out)
@@ -963,7 +982,9 @@ fn check_topic_fields(topic: &Topic) -> Result<()> {
         return Err(ServiceError::unsupported("Topic schema_settings"));
     }
     if topic.ingestion_data_source_settings.is_some() {
-        return Err(ServiceError::unsupported("Topic ingestion_data_source_settings"));
+        return Err(ServiceError::unsupported(
+            "Topic ingestion_data_source_settings",
+        ));
     }
     if !topic.message_transforms.is_empty() {
         return Err(ServiceError::unsupported("Topic message_transforms"));
@@ -973,13 +994,18 @@ fn check_topic_fields(topic: &Topic) -> Result<()> {
 
 /// Validates a subscription and fills the defaults the real service reports back.
 fn normalise_subscription(s: &mut Subscription) -> Result<(Option<Filter>, Option<FaultPlan>)> {
-    if s.bigquery_config.is_some() || s.cloud_storage_config.is_some() || s.bigtable_config.is_some()
+    if s.bigquery_config.is_some()
+        || s.cloud_storage_config.is_some()
+        || s.bigtable_config.is_some()
     {
         return Err(ServiceError::unsupported(
             "Export subscriptions (BigQuery, Cloud Storage, Bigtable)",
         ));
     }
-    if s.push_config.as_ref().is_some_and(|p| !p.push_endpoint.is_empty()) {
+    if s.push_config
+        .as_ref()
+        .is_some_and(|p| !p.push_endpoint.is_empty())
+    {
         return Err(ServiceError::unsupported("Push delivery"));
     }
     if !s.message_transforms.is_empty() {
@@ -1156,7 +1182,11 @@ mod tests {
         assert_eq!(data(&a), vec!["k1"]);
         publish(&mut b, "k", "k2", now);
         publish(&mut b, "j", "j1", now);
-        assert_eq!(data(&pull(&mut b, 2, now)), vec!["j1"], "k belongs to stream 1");
+        assert_eq!(
+            data(&pull(&mut b, 2, now)),
+            vec!["j1"],
+            "k belongs to stream 1"
+        );
         assert_eq!(data(&pull(&mut b, 1, now)), vec!["k2"]);
     }
 
@@ -1165,8 +1195,14 @@ mod tests {
         let now = Instant::now();
         let mut b = broker(|s| {
             s.retry_policy = Some(proto::RetryPolicy {
-                minimum_backoff: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-                maximum_backoff: Some(prost_types::Duration { seconds: 3, nanos: 0 }),
+                minimum_backoff: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                maximum_backoff: Some(prost_types::Duration {
+                    seconds: 3,
+                    nanos: 0,
+                }),
             })
         });
         publish(&mut b, "", "m", now);
@@ -1176,7 +1212,10 @@ mod tests {
             assert_eq!(data(&got), vec!["m"]);
             nack(&mut b, &got[0].1, t);
             let just_before = t + Duration::from_secs(wait) - Duration::from_millis(1);
-            assert!(pull(&mut b, 1, just_before).is_empty(), "redelivered before {wait}s");
+            assert!(
+                pull(&mut b, 1, just_before).is_empty(),
+                "redelivered before {wait}s"
+            );
             t += Duration::from_secs(wait);
         }
         assert_eq!(data(&pull(&mut b, 1, t)), vec!["m"]);
@@ -1210,7 +1249,11 @@ mod tests {
         let second = pull(&mut b, 1, later);
         assert_eq!((second[0].0.as_str(), second[0].2), ("m", 2));
         let expired = b.acknowledge(SUB, &[first[0].1.clone()], later).unwrap();
-        assert_eq!(expired.invalid.len(), 1, "the first ack id expired with its lease");
+        assert_eq!(
+            expired.invalid.len(),
+            1,
+            "the first ack id expired with its lease"
+        );
     }
 
     #[test]
@@ -1233,7 +1276,14 @@ mod tests {
         }
         assert_eq!(data(&pull(&mut b, 1, now)), vec!["next"]);
         let dead = b
-            .pull("projects/p/subscriptions/dlq-inspect", 9, 10, u64::MAX, LEASE, now)
+            .pull(
+                "projects/p/subscriptions/dlq-inspect",
+                9,
+                10,
+                u64::MAX,
+                LEASE,
+                now,
+            )
             .unwrap();
         assert_eq!(dead.len(), 1);
         let m = dead[0].message.clone().unwrap_or_default();
@@ -1297,7 +1347,10 @@ mod tests {
         );
         s.ack_deadline_seconds = 0;
         s.topic = "projects/p/topics/none".into();
-        assert_eq!(b.create_subscription(s.clone()).unwrap_err().code, tonic::Code::NotFound);
+        assert_eq!(
+            b.create_subscription(s.clone()).unwrap_err().code,
+            tonic::Code::NotFound
+        );
         s.topic = TOPIC.into();
         s.filter = "attributes:".into();
         let e = b.create_subscription(s.clone()).unwrap_err();
@@ -1313,8 +1366,16 @@ mod tests {
             tonic::Code::InvalidArgument
         );
         s.dead_letter_policy = None;
-        assert_eq!(b.create_subscription(s.clone()).unwrap().ack_deadline_seconds, 10);
-        assert_eq!(b.create_subscription(s).unwrap_err().code, tonic::Code::AlreadyExists);
+        assert_eq!(
+            b.create_subscription(s.clone())
+                .unwrap()
+                .ack_deadline_seconds,
+            10
+        );
+        assert_eq!(
+            b.create_subscription(s).unwrap_err().code,
+            tonic::Code::AlreadyExists
+        );
         assert_eq!(
             b.create_topic(Topic {
                 name: "projects/p/topics/ab".into(),

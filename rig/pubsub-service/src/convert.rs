@@ -35,7 +35,9 @@ pub fn topic_in(t: model::Topic) -> Result<proto::Topic> {
         return Err(ServiceError::unsupported("Topic schema_settings"));
     }
     if t.ingestion_data_source_settings.is_some() {
-        return Err(ServiceError::unsupported("Topic ingestion_data_source_settings"));
+        return Err(ServiceError::unsupported(
+            "Topic ingestion_data_source_settings",
+        ));
     }
     if !t.message_transforms.is_empty() {
         return Err(ServiceError::unsupported("Topic message_transforms"));
@@ -43,10 +45,12 @@ pub fn topic_in(t: model::Topic) -> Result<proto::Topic> {
     Ok(proto::Topic {
         name: t.name,
         labels: t.labels,
-        message_storage_policy: t.message_storage_policy.map(|p| proto::MessageStoragePolicy {
-            allowed_persistence_regions: p.allowed_persistence_regions,
-            enforce_in_transit: p.enforce_in_transit,
-        }),
+        message_storage_policy: t
+            .message_storage_policy
+            .map(|p| proto::MessageStoragePolicy {
+                allowed_persistence_regions: p.allowed_persistence_regions,
+                enforce_in_transit: p.enforce_in_transit,
+            }),
         kms_key_name: t.kms_key_name,
         satisfies_pzs: t.satisfies_pzs,
         message_retention_duration: t.message_retention_duration.as_ref().map(duration_in),
@@ -61,7 +65,9 @@ pub fn topic_out(t: proto::Topic) -> model::Topic {
         .set_labels(t.labels)
         .set_kms_key_name(t.kms_key_name)
         .set_satisfies_pzs(t.satisfies_pzs)
-        .set_or_clear_message_retention_duration(t.message_retention_duration.as_ref().map(duration_out))
+        .set_or_clear_message_retention_duration(
+            t.message_retention_duration.as_ref().map(duration_out),
+        )
         .set_tags(t.tags)
         .set_state(model::topic::State::from(t.state));
     if let Some(p) = t.message_storage_policy {
@@ -75,13 +81,18 @@ pub fn topic_out(t: proto::Topic) -> model::Topic {
 }
 
 pub fn subscription_in(s: model::Subscription) -> Result<proto::Subscription> {
-    if s.bigquery_config.is_some() || s.cloud_storage_config.is_some() || s.bigtable_config.is_some()
+    if s.bigquery_config.is_some()
+        || s.cloud_storage_config.is_some()
+        || s.bigtable_config.is_some()
     {
         return Err(ServiceError::unsupported(
             "Export subscriptions (BigQuery, Cloud Storage, Bigtable)",
         ));
     }
-    if s.push_config.as_ref().is_some_and(|p| !p.push_endpoint.is_empty()) {
+    if s.push_config
+        .as_ref()
+        .is_some_and(|p| !p.push_endpoint.is_empty())
+    {
         return Err(ServiceError::unsupported("Push delivery"));
     }
     if !s.message_transforms.is_empty() {
@@ -120,14 +131,18 @@ pub fn subscription_out(s: proto::Subscription) -> model::Subscription {
         .set_topic(s.topic)
         .set_ack_deadline_seconds(s.ack_deadline_seconds)
         .set_retain_acked_messages(s.retain_acked_messages)
-        .set_or_clear_message_retention_duration(s.message_retention_duration.as_ref().map(duration_out))
+        .set_or_clear_message_retention_duration(
+            s.message_retention_duration.as_ref().map(duration_out),
+        )
         .set_labels(s.labels)
         .set_enable_message_ordering(s.enable_message_ordering)
         .set_filter(s.filter)
         .set_detached(s.detached)
         .set_enable_exactly_once_delivery(s.enable_exactly_once_delivery)
         .set_or_clear_topic_message_retention_duration(
-            s.topic_message_retention_duration.as_ref().map(duration_out),
+            s.topic_message_retention_duration
+                .as_ref()
+                .map(duration_out),
         )
         .set_state(model::subscription::State::from(s.state))
         .set_tags(s.tags);

@@ -25,7 +25,10 @@ impl ServiceError {
         Self::new(Code::NotFound, format!("{what} not found: {name}"))
     }
     pub fn already_exists(what: &str, name: &str) -> Self {
-        Self::new(Code::AlreadyExists, format!("{what} already exists: {name}"))
+        Self::new(
+            Code::AlreadyExists,
+            format!("{what} already exists: {name}"),
+        )
     }
     pub fn unsupported(what: &str) -> Self {
         Self::new(

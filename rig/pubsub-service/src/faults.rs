@@ -53,15 +53,11 @@ impl FaultPlan {
         let number = |key: &str, max: u64| -> Result<u64> {
             match labels.get(key) {
                 None => Ok(0),
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n <= max)
-                    .ok_or_else(|| {
-                        ServiceError::invalid(format!(
-                            "label {key}={v:?}: expected an integer from 0 to {max}"
-                        ))
-                    }),
+                Some(v) => v.parse::<u64>().ok().filter(|n| *n <= max).ok_or_else(|| {
+                    ServiceError::invalid(format!(
+                        "label {key}={v:?}: expected an integer from 0 to {max}"
+                    ))
+                }),
             }
         };
         for key in labels.keys().filter(|k| k.starts_with("rig-fault-")) {

@@ -346,10 +346,12 @@ impl Parser<'_> {
     }
 
     fn next(&mut self, what: &str) -> Result<Token, FilterError> {
-        let t = self
-            .peek()
-            .cloned()
-            .ok_or_else(|| error(self.end, format!("the filter ends where {what} was expected")))?;
+        let t = self.peek().cloned().ok_or_else(|| {
+            error(
+                self.end,
+                format!("the filter ends where {what} was expected"),
+            )
+        })?;
         self.at += 1;
         Ok(t)
     }
@@ -415,7 +417,13 @@ impl Parser<'_> {
             self.at += 1;
             return Ok(Filter::Not(Box::new(self.unary()?)));
         }
-        if matches!(self.peek(), Some(Token { kind: Kind::Minus, .. })) {
+        if matches!(
+            self.peek(),
+            Some(Token {
+                kind: Kind::Minus,
+                ..
+            })
+        ) {
             self.at += 1;
             return Ok(Filter::Not(Box::new(self.unary()?)));
         }
@@ -523,7 +531,11 @@ mod tests {
 
     #[test]
     fn the_documented_forms_parse_and_match() {
-        let a = attrs(&[("domain", "com"), ("iana.org/language_tag", "en"), ("name", "co-op")]);
+        let a = attrs(&[
+            ("domain", "com"),
+            ("iana.org/language_tag", "en"),
+            ("name", "co-op"),
+        ]);
         for (filter, want) in [
             ("attributes:domain", true),
             ("attributes:missing", false),
@@ -537,7 +549,10 @@ mod tests {
             ("-attributes:domain", false),
             ("attributes:domain AND attributes:name", true),
             ("attributes:missing OR attributes:name", true),
-            ("(attributes:missing OR attributes:name) AND NOT attributes:x", true),
+            (
+                "(attributes:missing OR attributes:name) AND NOT attributes:x",
+                true,
+            ),
             ("attributes.name = \"co\\x2dop\"", true),
         ] {
             assert_eq!(parse(filter).matches(&a), want, "{filter}");

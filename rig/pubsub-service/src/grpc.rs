@@ -51,13 +51,20 @@ fn page<T: Clone>(items: Vec<T>, page_size: i32, token: &str) -> Result<(Vec<T>,
     } else {
         String::new()
     };
-    Ok((items.get(start..end).map(<[T]>::to_vec).unwrap_or_default(), next))
+    Ok((
+        items.get(start..end).map(<[T]>::to_vec).unwrap_or_default(),
+        next,
+    ))
 }
 
 fn project_of(path: &str) -> Result<&str, Status> {
     path.strip_prefix("projects/")
         .filter(|p| !p.is_empty() && !p.contains('/'))
-        .ok_or_else(|| Status::invalid_argument(format!("Invalid project {path:?}: expected projects/PROJECT.")))
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "Invalid project {path:?}: expected projects/PROJECT."
+            ))
+        })
 }
 
 fn mask(m: Option<prost_types::FieldMask>) -> Vec<String> {
@@ -140,7 +147,10 @@ impl Publisher for Service {
         let topic = r
             .topic
             .ok_or_else(|| Status::invalid_argument("The topic is required."))?;
-        let topic = self.shared.lock().update_topic(topic, &mask(r.update_mask))?;
+        let topic = self
+            .shared
+            .lock()
+            .update_topic(topic, &mask(r.update_mask))?;
         Ok(Response::new(topic))
     }
 
@@ -156,7 +166,10 @@ impl Publisher for Service {
         Ok(Response::new(proto::PublishResponse { message_ids }))
     }
 
-    async fn get_topic(&self, request: Request<proto::GetTopicRequest>) -> GrpcResult<proto::Topic> {
+    async fn get_topic(
+        &self,
+        request: Request<proto::GetTopicRequest>,
+    ) -> GrpcResult<proto::Topic> {
         let topic = self.shared.lock().get_topic(&request.into_inner().topic)?;
         Ok(Response::new(topic))
     }
@@ -196,7 +209,9 @@ impl Publisher for Service {
     }
 
     async fn delete_topic(&self, request: Request<proto::DeleteTopicRequest>) -> GrpcResult<()> {
-        self.shared.lock().delete_topic(&request.into_inner().topic)?;
+        self.shared
+            .lock()
+            .delete_topic(&request.into_inner().topic)?;
         Ok(Response::new(()))
     }
 
@@ -219,7 +234,10 @@ impl Subscriber for Service {
         &self,
         request: Request<proto::Subscription>,
     ) -> GrpcResult<proto::Subscription> {
-        let s = self.shared.lock().create_subscription(request.into_inner())?;
+        let s = self
+            .shared
+            .lock()
+            .create_subscription(request.into_inner())?;
         Ok(Response::new(s))
     }
 
@@ -292,10 +310,10 @@ impl Subscriber for Service {
         if r.ack_ids.is_empty() {
             return Err(Status::invalid_argument("No ack ids in the request."));
         }
-        let outcome = self
-            .shared
-            .lock()
-            .acknowledge(&r.subscription, &r.ack_ids, Instant::now())?;
+        let outcome =
+            self.shared
+                .lock()
+                .acknowledge(&r.subscription, &r.ack_ids, Instant::now())?;
         self.ack_result(&r.subscription, outcome)
     }
 
@@ -303,7 +321,13 @@ impl Subscriber for Service {
     #[allow(deprecated)]
     async fn pull(&self, request: Request<proto::PullRequest>) -> GrpcResult<proto::PullResponse> {
         let r = request.into_inner();
-        let received_messages = unary_pull(&self.shared, &r.subscription, r.max_messages, r.return_immediately).await?;
+        let received_messages = unary_pull(
+            &self.shared,
+            &r.subscription,
+            r.max_messages,
+            r.return_immediately,
+        )
+        .await?;
         Ok(Response::new(proto::PullResponse { received_messages }))
     }
 
@@ -314,17 +338,17 @@ impl Subscriber for Service {
         request: Request<Streaming<proto::StreamingPullRequest>>,
     ) -> GrpcResult<Self::StreamingPullStream> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("The stream ended before its first request."))?;
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("The stream ended before its first request.")
+        })?;
         if first.subscription.is_empty() {
             return Err(Status::invalid_argument(
                 "The first StreamingPullRequest must name the subscription.",
             ));
         }
         let deadline = first.stream_ack_deadline_seconds;
-        if !(limits::MIN_ACK_DEADLINE_SECONDS..=limits::MAX_ACK_DEADLINE_SECONDS).contains(&deadline)
+        if !(limits::MIN_ACK_DEADLINE_SECONDS..=limits::MAX_ACK_DEADLINE_SECONDS)
+            .contains(&deadline)
         {
             return Err(Status::invalid_argument(format!(
                 "Invalid stream_ack_deadline_seconds {deadline}: it must be between {} and {}.",
@@ -363,7 +387,9 @@ impl Subscriber for Service {
             });
         }
         tokio::spawn(stream.run(tx, client_gone));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn modify_push_config(
@@ -401,7 +427,10 @@ impl Subscriber for Service {
         Err(ServiceError::unsupported("Snapshots").into())
     }
 
-    async fn delete_snapshot(&self, _request: Request<proto::DeleteSnapshotRequest>) -> GrpcResult<()> {
+    async fn delete_snapshot(
+        &self,
+        _request: Request<proto::DeleteSnapshotRequest>,
+    ) -> GrpcResult<()> {
         Err(ServiceError::unsupported("Snapshots").into())
     }
 
@@ -430,7 +459,10 @@ pub async fn unary_pull(
         let (notify, wake) = {
             let mut broker = shared.lock();
             let lease = Duration::from_secs(
-                broker.subscription(subscription)?.config.ack_deadline_seconds as u64,
+                broker
+                    .subscription(subscription)?
+                    .config
+                    .ack_deadline_seconds as u64,
             );
             let now = Instant::now();
             let got = broker.pull(subscription, UNARY, max, u64::MAX, lease, now)?;
@@ -554,22 +586,23 @@ impl PullLoop {
     fn step(&self) -> Step {
         let now = Instant::now();
         let mut broker = self.shared.lock();
-        let (room, bytes_room, properties, reset) = match broker.subscription_mut(&self.subscription) {
-            Err(e) => return Step::End(e.into()),
-            Ok(sub) => {
-                let o = sub.outstanding(self.consumer);
-                let properties = streaming_pull_response::SubscriptionProperties {
-                    exactly_once_delivery_enabled: sub.exactly_once(),
-                    message_ordering_enabled: sub.config.enable_message_ordering,
-                };
-                (
-                    self.max_messages.saturating_sub(o.messages),
-                    self.max_bytes.saturating_sub(o.bytes),
-                    properties,
-                    sub.has_deliverable(now) && sub.roll_stream_reset(),
-                )
-            }
-        };
+        let (room, bytes_room, properties, reset) =
+            match broker.subscription_mut(&self.subscription) {
+                Err(e) => return Step::End(e.into()),
+                Ok(sub) => {
+                    let o = sub.outstanding(self.consumer);
+                    let properties = streaming_pull_response::SubscriptionProperties {
+                        exactly_once_delivery_enabled: sub.exactly_once(),
+                        message_ordering_enabled: sub.config.enable_message_ordering,
+                    };
+                    (
+                        self.max_messages.saturating_sub(o.messages),
+                        self.max_bytes.saturating_sub(o.bytes),
+                        properties,
+                        sub.has_deliverable(now) && sub.roll_stream_reset(),
+                    )
+                }
+            };
         if reset {
             return Step::End(Status::unavailable(
                 "The stream was reset (rig-fault-stream-reset-permille); reconnect to continue.",

@@ -75,7 +75,9 @@ pub fn check_publish(messages: &[PubsubMessage]) -> Result<()> {
         }
         for (k, v) in &m.attributes {
             if k.is_empty() {
-                return Err(ServiceError::invalid("Message attribute keys may not be empty."));
+                return Err(ServiceError::invalid(
+                    "Message attribute keys may not be empty.",
+                ));
             }
             if k.len() > MAX_ATTRIBUTE_KEY_BYTES {
                 return Err(ServiceError::invalid(format!(

@@ -17,7 +17,12 @@ fn main() {
             Some((f, v)) => (f.to_string(), Some(v.to_string())),
             None => (arg.clone(), None),
         };
-        let mut value = || inline.clone().or_else(|| args.next()).unwrap_or_else(|| usage());
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .unwrap_or_else(|| usage())
+        };
         match flag.as_str() {
             "--host" => {
                 let v = value();
@@ -37,7 +42,10 @@ fn main() {
             _ => usage(),
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pubsub-service: cannot start the tokio runtime: {e}");
@@ -61,7 +69,9 @@ fn main() {
         std::io::Result::Ok(())
     });
     if let Err(e) = result {
-        eprintln!("pubsub-service on {host}:{port}: {e} (is the port in use? pick another with --port)");
+        eprintln!(
+            "pubsub-service on {host}:{port}: {e} (is the port in use? pick another with --port)"
+        );
         std::process::exit(1);
     }
 }

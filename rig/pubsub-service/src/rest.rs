@@ -32,7 +32,11 @@ fn json<T: serde::Serialize>(value: &T) -> Result<RestResponse> {
 }
 
 fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
-    let bytes = if bytes.is_empty() { b"{}".as_slice() } else { bytes };
+    let bytes = if bytes.is_empty() {
+        b"{}".as_slice()
+    } else {
+        bytes
+    };
     serde_json::from_slice(bytes)
         .map_err(|e| ServiceError::invalid(format!("Invalid JSON payload received. {e}")))
 }
@@ -96,7 +100,11 @@ fn mask_paths(v: Option<serde_json::Value>) -> Vec<String> {
         Some(serde_json::Value::Object(o)) => o
             .get("paths")
             .and_then(|p| p.as_array())
-            .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default(),
         _ => Vec::new(),
     }
@@ -140,7 +148,11 @@ fn page<T>(items: Vec<T>, query: Option<&str>) -> Result<(Vec<T>, String)> {
         String::new()
     };
     Ok((
-        items.into_iter().skip(start).take(end.saturating_sub(start)).collect(),
+        items
+            .into_iter()
+            .skip(start)
+            .take(end.saturating_sub(start))
+            .collect(),
         next,
     ))
 }
@@ -188,7 +200,11 @@ async fn route(
                 .map(convert::topic_out)
                 .collect();
             let (topics, next) = page(all, query)?;
-            json(&model::ListTopicsResponse::new().set_topics(topics).set_next_page_token(next))
+            json(
+                &model::ListTopicsResponse::new()
+                    .set_topics(topics)
+                    .set_next_page_token(next),
+            )
         }
         (["projects", p, "subscriptions"], None, &Method::GET) => {
             let all: Vec<model::Subscription> = shared
@@ -252,7 +268,9 @@ async fn route(
                 Method::PUT => {
                     let mut s = convert::subscription_in(body::<model::Subscription>(payload)?)?;
                     s.name = name.to_string();
-                    json(&convert::subscription_out(shared.lock().create_subscription(s)?))
+                    json(&convert::subscription_out(
+                        shared.lock().create_subscription(s)?,
+                    ))
                 }
                 Method::GET => json(&convert::subscription_out(
                     shared.lock().get_subscription(name)?,
@@ -263,9 +281,10 @@ async fn route(
                 }
                 Method::PATCH => {
                     let r: UpdateRequest<model::Subscription> = body(payload)?;
-                    let mut s = convert::subscription_in(r.subscription.ok_or_else(|| {
-                        ServiceError::invalid("The subscription is required.")
-                    })?)?;
+                    let mut s =
+                        convert::subscription_in(r.subscription.ok_or_else(|| {
+                            ServiceError::invalid("The subscription is required.")
+                        })?)?;
                     s.name = name.to_string();
                     let paths = mask_paths(r.update_mask);
                     json(&convert::subscription_out(

@@ -82,7 +82,10 @@ impl Router {
         }
     }
 
-    async fn serve(mut self, request: http::Request<Incoming>) -> Result<http::Response<Body>, Infallible> {
+    async fn serve(
+        mut self,
+        request: http::Request<Incoming>,
+    ) -> Result<http::Response<Body>, Infallible> {
         let grpc = request
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -106,7 +109,8 @@ impl Router {
         let payload = match body.collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                let e = crate::error::ServiceError::invalid(format!("reading the request body: {e}"));
+                let e =
+                    crate::error::ServiceError::invalid(format!("reading the request body: {e}"));
                 return Ok(to_http(rest::error(&e)));
             }
         };

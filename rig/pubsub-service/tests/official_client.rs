@@ -63,11 +63,18 @@ impl Clients {
     }
 
     async fn create_topic(&self, id: &str) -> anyhow::Result<()> {
-        self.topics.create_topic().set_name(topic(id)).send().await?;
+        self.topics
+            .create_topic()
+            .set_name(topic(id))
+            .send()
+            .await?;
         Ok(())
     }
 
-    async fn create_subscription(&self, s: model::Subscription) -> anyhow::Result<model::Subscription> {
+    async fn create_subscription(
+        &self,
+        s: model::Subscription,
+    ) -> anyhow::Result<model::Subscription> {
         Ok(self
             .subscriptions
             .create_subscription()
@@ -91,7 +98,9 @@ fn code(e: &google_cloud_pubsub::Error) -> Option<google_cloud_gax::error::rpc::
     e.status().map(|s| s.code)
 }
 
-fn publish_code(e: &google_cloud_pubsub::error::PublishError) -> Option<google_cloud_gax::error::rpc::Code> {
+fn publish_code(
+    e: &google_cloud_pubsub::error::PublishError,
+) -> Option<google_cloud_gax::error::rpc::Code> {
     match e {
         google_cloud_pubsub::error::PublishError::Rpc(e) => code(e),
         _ => None,
@@ -135,7 +144,10 @@ async fn admin_reads_back_every_field_the_terraform_sets() -> anyhow::Result<()>
     assert_eq!(got.ack_deadline_seconds, 30);
     assert_eq!(got.retry_policy, want.retry_policy);
     assert_eq!(got.dead_letter_policy, want.dead_letter_policy);
-    assert_eq!(got.expiration_policy, want.expiration_policy, "ttl \"\" means never expire");
+    assert_eq!(
+        got.expiration_policy, want.expiration_policy,
+        "ttl \"\" means never expire"
+    );
 
     let again = c
         .subscriptions
@@ -144,7 +156,10 @@ async fn admin_reads_back_every_field_the_terraform_sets() -> anyhow::Result<()>
         .send()
         .await
         .expect_err("a second create must fail");
-    assert_eq!(code(&again), Some(google_cloud_gax::error::rpc::Code::AlreadyExists));
+    assert_eq!(
+        code(&again),
+        Some(google_cloud_gax::error::rpc::Code::AlreadyExists)
+    );
     let missing = c
         .subscriptions
         .get_subscription()
@@ -152,19 +167,26 @@ async fn admin_reads_back_every_field_the_terraform_sets() -> anyhow::Result<()>
         .send()
         .await
         .expect_err("an unknown subscription");
-    assert_eq!(code(&missing), Some(google_cloud_gax::error::rpc::Code::NotFound));
+    assert_eq!(
+        code(&missing),
+        Some(google_cloud_gax::error::rpc::Code::NotFound)
+    );
     let listed = c
         .topics
         .list_topic_subscriptions()
         .set_topic(topic("events.raw"))
         .send()
         .await?;
-    assert_eq!(listed.subscriptions, vec![subscription("events.raw.worker")]);
+    assert_eq!(
+        listed.subscriptions,
+        vec![subscription("events.raw.worker")]
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nacked_ordered_message_comes_back_with_the_rest_of_its_key_in_order() -> anyhow::Result<()> {
+async fn a_nacked_ordered_message_comes_back_with_the_rest_of_its_key_in_order()
+-> anyhow::Result<()> {
     let c = start().await?;
     c.create_topic("orders").await?;
     c.create_subscription(
@@ -178,7 +200,10 @@ async fn a_nacked_ordered_message_comes_back_with_the_rest_of_its_key_in_order()
     for i in 1..=6 {
         publisher.publish(message(&i.to_string(), "k")).await?;
     }
-    let mut stream = c.subscriber.subscribe(subscription("orders.worker")).build();
+    let mut stream = c
+        .subscriber
+        .subscribe(subscription("orders.worker"))
+        .build();
     // Like the rig's worker: message 3 fails twice; while it is failed, later messages of
     // the key are refused too.
     let mut failures_left = 2;
@@ -214,7 +239,8 @@ async fn a_nacked_ordered_message_comes_back_with_the_rest_of_its_key_in_order()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ordered_message_failing_five_times_is_dead_lettered_and_its_key_goes_on() -> anyhow::Result<()> {
+async fn an_ordered_message_failing_five_times_is_dead_lettered_and_its_key_goes_on()
+-> anyhow::Result<()> {
     let c = start().await?;
     c.create_topic("raw").await?;
     c.create_topic("dlq").await?;
@@ -280,20 +306,30 @@ async fn an_ordered_message_failing_five_times_is_dead_lettered_and_its_key_goes
     assert_eq!(dead.ordering_key, "k");
     let attr = |k: &str| dead.attributes.get(k).cloned().unwrap_or_default();
     assert_eq!(attr("CloudPubSubDeadLetterSourceDeliveryCount"), "5");
-    assert_eq!(attr("CloudPubSubDeadLetterSourceSubscription"), "raw.worker");
-    assert_eq!(attr("CloudPubSubDeadLetterSourceSubscriptionProject"), PROJECT);
+    assert_eq!(
+        attr("CloudPubSubDeadLetterSourceSubscription"),
+        "raw.worker"
+    );
+    assert_eq!(
+        attr("CloudPubSubDeadLetterSourceSubscriptionProject"),
+        PROJECT
+    );
     assert!(!attr("CloudPubSubDeadLetterSourceTopicPublishTime").is_empty());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filters_deliver_only_matching_messages_and_bad_filters_are_refused() -> anyhow::Result<()> {
+async fn filters_deliver_only_matching_messages_and_bad_filters_are_refused() -> anyhow::Result<()>
+{
     let c = start().await?;
     c.create_topic("mixed").await?;
     for (id, filter) in [
         ("only.probes", "attributes:rig_probe"),
         ("no.probes", "NOT attributes:rig_probe"),
-        ("eu.orders", "attributes.region = \"eu\" AND hasPrefix(attributes.kind, \"order\")"),
+        (
+            "eu.orders",
+            "attributes.region = \"eu\" AND hasPrefix(attributes.kind, \"order\")",
+        ),
     ] {
         c.create_subscription(
             model::Subscription::new()
@@ -305,12 +341,21 @@ async fn filters_deliver_only_matching_messages_and_bad_filters_are_refused() ->
     }
     let publisher = c.publisher("mixed").await?;
     let attrs = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     for (data, a) in [
         ("probe", attrs(&[("rig_probe", "1")])),
-        ("eu-order", attrs(&[("region", "eu"), ("kind", "order.created")])),
-        ("us-order", attrs(&[("region", "us"), ("kind", "order.created")])),
+        (
+            "eu-order",
+            attrs(&[("region", "eu"), ("kind", "order.created")]),
+        ),
+        (
+            "us-order",
+            attrs(&[("region", "us"), ("kind", "order.created")]),
+        ),
     ] {
         publisher
             .publish(Message::new().set_data(data).set_attributes(a))
@@ -332,7 +377,10 @@ async fn filters_deliver_only_matching_messages_and_bad_filters_are_refused() ->
         }
     };
     assert_eq!(receive_all("only.probes").await?, vec!["probe"]);
-    assert_eq!(receive_all("no.probes").await?, vec!["eu-order", "us-order"]);
+    assert_eq!(
+        receive_all("no.probes").await?,
+        vec!["eu-order", "us-order"]
+    );
     assert_eq!(receive_all("eu.orders").await?, vec!["eu-order"]);
 
     let bad = c
@@ -347,7 +395,10 @@ async fn filters_deliver_only_matching_messages_and_bad_filters_are_refused() ->
         .send()
         .await
         .expect_err("mixing AND and OR without parentheses is invalid");
-    assert_eq!(code(&bad), Some(google_cloud_gax::error::rpc::Code::InvalidArgument));
+    assert_eq!(
+        code(&bad),
+        Some(google_cloud_gax::error::rpc::Code::InvalidArgument)
+    );
     assert!(bad.to_string().contains("position 30"), "{bad}");
     Ok(())
 }
@@ -359,18 +410,27 @@ async fn limits_are_refused_with_invalid_argument() -> anyhow::Result<()> {
     let publisher = c.publisher("limits").await?;
     let many: HashMap<String, String> = (0..101).map(|i| (format!("k{i}"), "v".into())).collect();
     let cases = [
-        ("101 attributes", Message::new().set_data("x").set_attributes(many)),
+        (
+            "101 attributes",
+            Message::new().set_data("x").set_attributes(many),
+        ),
         (
             "a 257-byte attribute key",
-            Message::new().set_data("x").set_attributes([("k".repeat(257), "v")]),
+            Message::new()
+                .set_data("x")
+                .set_attributes([("k".repeat(257), "v")]),
         ),
         (
             "a 1025-byte attribute value",
-            Message::new().set_data("x").set_attributes([("k", "v".repeat(1025))]),
+            Message::new()
+                .set_data("x")
+                .set_attributes([("k", "v".repeat(1025))]),
         ),
         (
             "a 1025-byte ordering key",
-            Message::new().set_data("x").set_ordering_key("o".repeat(1025)),
+            Message::new()
+                .set_data("x")
+                .set_ordering_key("o".repeat(1025)),
         ),
         ("an empty message", Message::new()),
     ];
@@ -384,7 +444,11 @@ async fn limits_are_refused_with_invalid_argument() -> anyhow::Result<()> {
     }
     let big = Message::new().set_data(vec![b'x'; 10_000_001]);
     let e = publisher.publish(big).await.expect_err("over 10 MB");
-    assert_eq!(publish_code(&e), Some(google_cloud_gax::error::rpc::Code::InvalidArgument), "{e}");
+    assert_eq!(
+        publish_code(&e),
+        Some(google_cloud_gax::error::rpc::Code::InvalidArgument),
+        "{e}"
+    );
     // A message just under the limit goes through.
     publisher
         .publish(Message::new().set_data(vec![b'x'; 9_990_000]))
@@ -402,13 +466,20 @@ async fn limits_are_refused_with_invalid_argument() -> anyhow::Result<()> {
         .send()
         .await
         .expect_err("ack deadline over 600 s");
-    assert_eq!(code(&e), Some(google_cloud_gax::error::rpc::Code::InvalidArgument));
+    assert_eq!(
+        code(&e),
+        Some(google_cloud_gax::error::rpc::Code::InvalidArgument)
+    );
     let e = c
         .publisher("no-such-topic")
         .await?
         .publish(Message::new().set_data("x"))
         .await
         .expect_err("unknown topic");
-    assert_eq!(publish_code(&e), Some(google_cloud_gax::error::rpc::Code::NotFound), "{e}");
+    assert_eq!(
+        publish_code(&e),
+        Some(google_cloud_gax::error::rpc::Code::NotFound),
+        "{e}"
+    );
     Ok(())
 }

@@ -49,6 +49,8 @@ processed, deliveries, lock, done = [], [], threading.Lock(), threading.Event()
 state = {"failures": 1, "blocked": False}
 def callback(message):
     n = message.data.decode()
+    if n == "probe":  # no filter on this subscription: it gets the probe too
+        message.ack(); return
     with lock:
         deliveries.append([n, message.delivery_attempt])
         if state["blocked"] and n != "2":
@@ -81,7 +83,10 @@ fn python_client_available() -> Result<(), String> {
     } else {
         Err(format!(
             "Google's Python client is not installed (`./x install`, or `pip install google-cloud-pubsub`): {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
         ))
     }
 }
