@@ -486,6 +486,9 @@ fn rig_worker_ingests_what_is_published_until_sigterm() {
         pubsub: PubsubConnection {
             endpoint: Some(format!("http://{}", var("PUBSUB_EMULATOR_HOST"))),
             project_id: var("GOOGLE_CLOUD_PROJECT"),
+            implementation: var("RIG_PUBSUB")
+                .parse()
+                .expect("RIG_PUBSUB names a Pub/Sub"),
         },
         storage: StorageConnection {
             endpoint: Some(var("STORAGE_EMULATOR_HOST")),

@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rig::environment::shell_export;
+use rig::pubsub::PubsubImplementation;
 use rig::report::Outcome;
 use rig::targets::{Backbone, DEFAULT_SCOPE, TargetKind};
 use rig::topology::Topology;
@@ -44,6 +45,10 @@ struct TargetArgs {
     /// 10-600 s backoff needs a few minutes).
     #[arg(long, value_name = "SECONDS")]
     dead_letter: Option<u64>,
+    /// The local target's Pub/Sub: `pubsub-service` (our own, in process) or
+    /// `google-emulator` (Google's, from the Cloud CLI; needs Java).
+    #[arg(long, default_value = "pubsub-service", env = "RIG_PUBSUB")]
+    pubsub: PubsubImplementation,
 }
 
 #[derive(Subcommand)]
@@ -217,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let topology = load_topology(&args.environment)?;
             let started = Instant::now();
             let (backbone, deployment) = tokio::select! {
-                r = Backbone::up(args.target, DEFAULT_SCOPE, &topology) => r?,
+                r = Backbone::up_with(args.target, args.pubsub, DEFAULT_SCOPE, &topology) => r?,
                 s = signals.next() => { eprintln!("{s} during start-up: stopped"); return Ok(ExitCode::from(130)); }
             };
             if !backbone.capabilities().provisions {
@@ -245,10 +250,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             eprintln!(
-                "backbone up in {:.2}s on target {} — event store engine: {}",
+                "backbone up in {:.2}s on target {} — event store engine: {} — pubsub: {}",
                 started.elapsed().as_secs_f64(),
                 env.target,
-                env.engine
+                env.engine,
+                env.pubsub.implementation
             );
             for d in &deployment.divergences {
                 eprintln!("known emulator divergence: {d}");
@@ -273,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = suite::Options {
                 environment: target.environment,
                 target: target.target,
+                pubsub: target.pubsub,
                 names,
                 mutations,
                 cases,
@@ -314,7 +321,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 let started = Instant::now();
                 let (backbone, deployment) =
-                    Backbone::up(target.target, DEFAULT_SCOPE, &topology).await?;
+                    Backbone::up_with(target.target, target.pubsub, DEFAULT_SCOPE, &topology)
+                        .await?;
                 // A backbone the rig brought up is the first check; one it only reached is not.
                 let up = backbone.capabilities().provisions.then(|| Check {
                     name: format!("bring up and provision the {} backbone", target.target),

@@ -39,6 +39,10 @@ impl Environment {
         let mut vars = Vec::new();
         if let Some(host) = self.pubsub.emulator_host() {
             vars.push(("PUBSUB_EMULATOR_HOST".into(), host.to_string()));
+            vars.push((
+                crate::pubsub::RIG_PUBSUB.into(),
+                self.pubsub.implementation.to_string(),
+            ));
         }
         if let Some(endpoint) = &self.storage.endpoint {
             vars.push(("STORAGE_EMULATOR_HOST".into(), endpoint.clone()));

@@ -135,6 +135,7 @@ fn environment(services: &Services, topology: &Topology, names: &ScopeNames) -> 
         pubsub: PubsubConnection {
             endpoint: services.pubsub_endpoint.clone(),
             project_id: names.project_id.clone(),
+            implementation: services.pubsub,
         },
         storage: StorageConnection {
             endpoint: services.storage_endpoint.clone(),

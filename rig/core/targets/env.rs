@@ -4,6 +4,7 @@
 
 use super::{Capabilities, Existing, Services, Target};
 use crate::event_store::{DbConfig, EVENT_STORE_PREFIX, PRIMARY_PREFIX};
+use crate::pubsub::PubsubImplementation;
 
 pub struct EnvBackbone {
     services: Services,
@@ -25,6 +26,13 @@ impl EnvBackbone {
                     owns_primary: false,
                 },
                 pubsub_endpoint: var("PUBSUB_EMULATOR_HOST").map(|h| format!("http://{h}")),
+                // An emulator host without RIG_PUBSUB (an env file from before our own
+                // service) is taken to be Google's emulator, whose known defects are excused.
+                pubsub: match (var("PUBSUB_EMULATOR_HOST"), var(crate::pubsub::RIG_PUBSUB)) {
+                    (None, _) => PubsubImplementation::Google,
+                    (Some(_), None) => PubsubImplementation::GoogleEmulator,
+                    (Some(_), Some(v)) => v.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                },
                 storage_endpoint: var("STORAGE_EMULATOR_HOST"),
                 // The worker's account is the only one the environment names: the schema is
                 // the deploy's business, not the rig's, on a backbone it did not create.

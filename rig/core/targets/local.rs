@@ -9,6 +9,7 @@ use super::{Capabilities, Services, Target};
 use crate::event_store::{DbConfig, trusted_sql};
 use crate::process::Service;
 use crate::provision::{APP_USER, WORKER_USER};
+use crate::pubsub::PubsubImplementation;
 use crate::services::{fake_gcs, mysql, pubsub_emulator};
 
 /// The rig's privileged user on both servers (created over the root socket).
@@ -16,6 +17,9 @@ const ADMIN_USER: &str = "rig_admin";
 
 pub struct LocalBackbone {
     // Fields drop in order: processes stop before their directory is removed.
+    /// Our own Pub/Sub, in this process (when chosen). Only held: dropping it stops it.
+    #[allow(dead_code)]
+    pubsub_service: Option<pubsub_service::RunningService>,
     processes: Vec<Service>,
     services: Services,
     dir: tempfile::TempDir,
@@ -56,7 +60,12 @@ fn secret() -> String {
 }
 
 impl LocalBackbone {
-    pub async fn start() -> anyhow::Result<Self> {
+    pub async fn start(pubsub: PubsubImplementation) -> anyhow::Result<Self> {
+        if pubsub == PubsubImplementation::Google {
+            anyhow::bail!(
+                "the local target cannot run real Pub/Sub: use `--target env` against GCP"
+            );
+        }
         remove_abandoned_dirs();
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
@@ -65,23 +74,51 @@ impl LocalBackbone {
         std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
             .context("writing the rig's pid file")?;
         let http = crate::storage::http_client()?;
-        let locate = tokio::task::spawn_blocking(|| -> Result<_, crate::services::ServiceError> {
-            Ok((
-                pubsub_emulator::locate_java()?,
-                pubsub_emulator::locate_jar()?,
-                fake_gcs::locate()?,
-                mysql::Engine::locate()?,
-            ))
-        });
-        let (java, jar, fake_gcs_bin, engine) = locate.await??;
+        let google_emulator = pubsub == PubsubImplementation::GoogleEmulator;
+        let locate =
+            tokio::task::spawn_blocking(move || -> Result<_, crate::services::ServiceError> {
+                let emulator = if google_emulator {
+                    Some((
+                        pubsub_emulator::locate_java()?,
+                        pubsub_emulator::locate_jar()?,
+                    ))
+                } else {
+                    None
+                };
+                Ok((emulator, fake_gcs::locate()?, mysql::Engine::locate()?))
+            });
+        let (emulator, fake_gcs_bin, engine) = locate.await??;
         let root = dir.path();
         let timed = |name: &'static str, started: Instant| (name.to_string(), started.elapsed());
         let started = Instant::now();
         // Everything starts at once: the JVM alone takes over a second.
-        let (pubsub, storage, event_store, primary) = tokio::try_join!(
+        let (pubsub_started, storage, event_store, primary) = tokio::try_join!(
             async {
-                let r = pubsub_emulator::start(&java, &jar, root, &http).await?;
-                Ok::<_, crate::services::ServiceError>((r, timed("pubsub-emulator", started)))
+                let r = match &emulator {
+                    Some((java, jar)) => {
+                        let (process, port) =
+                            pubsub_emulator::start(java, jar, root, &http).await?;
+                        (None, Some(process), port)
+                    }
+                    None => {
+                        // In process: ready as soon as its socket is bound.
+                        let running =
+                            pubsub_service::PubsubService::start(([127, 0, 0, 1], 0).into())
+                                .await
+                                .map_err(|source| crate::services::ServiceError::Spawn {
+                                    service: "pubsub-service (binding a loopback port)".into(),
+                                    source,
+                                })?;
+                        let port = running.local_addr().port();
+                        (Some(running), None, port)
+                    }
+                };
+                let name = if emulator.is_some() {
+                    "pubsub-emulator"
+                } else {
+                    "pubsub-service"
+                };
+                Ok::<_, crate::services::ServiceError>((r, timed(name, started)))
             },
             async {
                 let r = fake_gcs::start(&fake_gcs_bin, root, &http).await?;
@@ -96,7 +133,7 @@ impl LocalBackbone {
                 Ok((r, timed("primary-db", started)))
             },
         )?;
-        let ((pubsub_service, pubsub_port), t1) = pubsub;
+        let ((pubsub_service, pubsub_process, pubsub_port), t1) = pubsub_started;
         let ((storage_service, storage_port), t2) = storage;
         let (event_store, t3) = event_store;
         let (primary, t4) = primary;
@@ -133,6 +170,7 @@ impl LocalBackbone {
                 owns_primary: true,
             },
             pubsub_endpoint: Some(format!("http://127.0.0.1:{pubsub_port}")),
+            pubsub,
             storage_endpoint: Some(format!("http://127.0.0.1:{storage_port}")),
             event_store_admin: account(event_store.port, ADMIN_USER, admin_password.clone()),
             event_store_worker: account(event_store.port, WORKER_USER, secret()),
@@ -143,12 +181,11 @@ impl LocalBackbone {
             startup: vec![t1, t2, t3, t4],
         };
         Ok(Self {
-            processes: vec![
-                pubsub_service,
-                storage_service,
-                event_store.service,
-                primary.service,
-            ],
+            pubsub_service,
+            processes: pubsub_process
+                .into_iter()
+                .chain([storage_service, event_store.service, primary.service])
+                .collect(),
             services,
             dir,
         })

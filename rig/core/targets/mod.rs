@@ -22,6 +22,7 @@ pub use local::LocalBackbone;
 
 use crate::environment::Environment;
 use crate::event_store::DbConfig;
+use crate::pubsub::PubsubImplementation;
 use crate::topology::Topology;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,8 @@ pub struct Services {
     pub capabilities: Capabilities,
     /// `http://host:port` of a Pub/Sub emulator; `None` for Google's endpoint.
     pub pubsub_endpoint: Option<String>,
+    /// What answers at `pubsub_endpoint` (our own service, Google's emulator, or Google).
+    pub pubsub: PubsubImplementation,
     /// `http://host:port` of a storage emulator; `None` for Google's endpoint.
     pub storage_endpoint: Option<String>,
     /// The event store server as its schema owner (migrations, DDL).
@@ -130,9 +133,20 @@ pub struct Backbone {
 }
 
 impl Backbone {
+    /// Starts `kind`; the local target runs the Pub/Sub `RIG_PUBSUB` names (our own service
+    /// by default).
     pub async fn start(kind: TargetKind) -> anyhow::Result<Self> {
+        let pubsub = PubsubImplementation::chosen().map_err(|e| anyhow::anyhow!(e))?;
+        Self::start_with(kind, pubsub).await
+    }
+
+    /// Starts `kind` with the given local Pub/Sub (ignored by targets that start nothing).
+    pub async fn start_with(
+        kind: TargetKind,
+        pubsub: PubsubImplementation,
+    ) -> anyhow::Result<Self> {
         let target: Box<dyn Target> = match kind {
-            TargetKind::Local => Box::new(LocalBackbone::start().await?),
+            TargetKind::Local => Box::new(LocalBackbone::start(pubsub).await?),
             TargetKind::Env => Box::new(EnvBackbone::reach()?),
             TargetKind::Gcp => Box::new(GcpBackbone::reach(&GcpOptions::from_env()?)?),
         };
@@ -161,7 +175,18 @@ impl Backbone {
         scope: &str,
         topology: &Topology,
     ) -> anyhow::Result<(Self, Deployment)> {
-        let backbone = Self::start(kind).await?;
+        let pubsub = PubsubImplementation::chosen().map_err(|e| anyhow::anyhow!(e))?;
+        Self::up_with(kind, pubsub, scope, topology).await
+    }
+
+    /// [`Backbone::up`] with the given local Pub/Sub (the CLI's `--pubsub`).
+    pub async fn up_with(
+        kind: TargetKind,
+        pubsub: PubsubImplementation,
+        scope: &str,
+        topology: &Topology,
+    ) -> anyhow::Result<(Self, Deployment)> {
+        let backbone = Self::start_with(kind, pubsub).await?;
         let deployment = backbone.deploy(scope, topology).await?;
         Ok((backbone, deployment))
     }
@@ -176,6 +201,11 @@ impl Backbone {
 
     pub fn capabilities(&self) -> Capabilities {
         self.services().capabilities
+    }
+
+    /// Which Pub/Sub this backbone runs, as banners, reports and JUnit name it.
+    pub fn pubsub(&self) -> PubsubImplementation {
+        self.services().pubsub
     }
 
     /// The event store's engine as banners name it (a MariaDB says it is a stand-in).

@@ -1387,4 +1387,94 @@ mod tests {
             "ids need 3+ characters"
         );
     }
+
+    fn with_labels(labels: &[(&str, &str)]) -> Broker {
+        let labels: std::collections::HashMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        broker(move |s| s.labels = labels)
+    }
+
+    #[test]
+    fn a_lost_ack_brings_the_message_back_after_its_deadline() {
+        let now = Instant::now();
+        let mut b = with_labels(&[("rig-fault-lost-ack-permille", "1000")]);
+        publish(&mut b, "", "m", now);
+        let got = pull(&mut b, 1, now);
+        let outcome = b.acknowledge(SUB, &[got[0].1.clone()], now).unwrap();
+        assert!(
+            outcome.invalid.is_empty(),
+            "the subscriber sees a successful ack"
+        );
+        assert!(pull(&mut b, 1, now + LEASE - Duration::from_millis(1)).is_empty());
+        b.tick(now + LEASE);
+        assert_eq!(data(&pull(&mut b, 1, now + LEASE)), vec!["m"]);
+    }
+
+    #[test]
+    fn a_duplicate_is_delivered_again_after_its_ack() {
+        let now = Instant::now();
+        let mut b = with_labels(&[("rig-fault-duplicate-permille", "1000")]);
+        publish(&mut b, "", "m", now);
+        let got = pull(&mut b, 1, now);
+        b.acknowledge(SUB, &[got[0].1.clone()], now).unwrap();
+        assert_eq!(data(&pull(&mut b, 1, now)), vec!["m"]);
+    }
+
+    #[test]
+    fn a_delayed_message_is_not_deliverable_before_its_delay() {
+        let now = Instant::now();
+        let mut b = with_labels(&[("rig-fault-delay-ms", "250")]);
+        publish(&mut b, "", "m", now);
+        assert!(pull(&mut b, 1, now + Duration::from_millis(249)).is_empty());
+        assert_eq!(
+            data(&pull(&mut b, 1, now + Duration::from_millis(250))),
+            vec!["m"]
+        );
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_faults() {
+        let run = |seed: &str| {
+            let now = Instant::now();
+            let mut b = with_labels(&[
+                ("rig-fault-seed", seed),
+                ("rig-fault-duplicate-permille", "500"),
+            ]);
+            let mut redelivered = Vec::new();
+            for i in 0..40 {
+                publish(&mut b, "", &i.to_string(), now);
+                let got = pull(&mut b, 1, now);
+                b.acknowledge(SUB, &[got[0].1.clone()], now).unwrap();
+                let mut again = pull(&mut b, 1, now);
+                redelivered.push(!again.is_empty());
+                // Ack duplicates (which may duplicate again) until none is left.
+                while !again.is_empty() {
+                    for (_, ack, _) in again {
+                        b.acknowledge(SUB, &[ack], now).unwrap();
+                    }
+                    again = pull(&mut b, 1, now);
+                }
+            }
+            redelivered
+        };
+        assert_eq!(run("7"), run("7"));
+        assert_ne!(run("7"), run("8"));
+        assert!(run("7").iter().any(|d| *d) && run("7").iter().any(|d| !*d));
+    }
+
+    #[test]
+    fn unknown_fault_labels_are_refused() {
+        let mut b = broker(|_| {});
+        let e = b
+            .create_subscription(Subscription {
+                name: "projects/p/subscriptions/faulty".into(),
+                topic: TOPIC.into(),
+                labels: [("rig-fault-typo".to_string(), "1".to_string())].into(),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(e.code, tonic::Code::InvalidArgument);
+    }
 }

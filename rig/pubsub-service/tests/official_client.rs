@@ -483,3 +483,50 @@ async fn limits_are_refused_with_invalid_argument() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_survives_stream_resets_and_sees_duplicates() -> anyhow::Result<()> {
+    let c = start().await?;
+    c.create_topic("faulty").await?;
+    c.create_subscription(
+        model::Subscription::new()
+            .set_name(subscription("faulty.sub"))
+            .set_topic(topic("faulty"))
+            .set_labels([
+                ("rig-fault-seed", "42"),
+                ("rig-fault-stream-reset-permille", "500"),
+                ("rig-fault-duplicate-permille", "200"),
+            ]),
+    )
+    .await?;
+    let publisher = c.publisher("faulty").await?;
+    const N: usize = 40;
+    for i in 0..N {
+        // One at a time: the service sends many small batches, each a chance of a reset.
+        publisher.publish(message(&i.to_string(), "")).await?;
+    }
+    let mut stream = c.subscriber.subscribe(subscription("faulty.sub")).build();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut deliveries = 0usize;
+    while seen.len() < N {
+        let (m, h) = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no delivery for 20 s; seen {} of {N}", seen.len()))?
+            .expect("the client gave up on the stream")?;
+        *seen.entry(text(&m)).or_default() += 1;
+        deliveries += 1;
+        h.ack();
+    }
+    // Duplicates follow acks, which the client sends in batches: keep listening a while.
+    while let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+        let (m, h) = next?;
+        *seen.entry(text(&m)).or_default() += 1;
+        deliveries += 1;
+        h.ack();
+    }
+    assert!(
+        deliveries > N,
+        "with 20% duplicates some message must come twice: {deliveries} deliveries"
+    );
+    Ok(())
+}
