@@ -1,5 +1,6 @@
 //! pubsub-service against Google's emulator, in one run, through the official Rust client:
-//! - ready time: from start until the first admin call is answered;
+//! - ready time: from start until the first admin call is answered, in process (as the local
+//!   target runs it) and as a process (spawn included, like the emulator's figure);
 //! - one ordered stream: messages/s received and acked from a backlog on an ordered
 //!   subscription (1 KB messages, 100 ordering keys);
 //! - memory: RSS of the service process holding 100k unacked 1 KB messages.
@@ -62,6 +63,31 @@ async fn compare() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
     println!("pubsub-service vs Google's emulator, through google-cloud-pubsub (Rust)");
+    // In process, as the local target runs it: from start() until the first admin call is
+    // answered (client construction included).
+    let mut in_process = Vec::new();
+    for i in 0..5 {
+        let started = Instant::now();
+        let service = pubsub_service::PubsubService::start("127.0.0.1:0".parse()?).await?;
+        let topics = TopicAdmin::builder()
+            .with_endpoint(service.endpoint())
+            .with_credentials(anonymous())
+            .build()
+            .await?;
+        topics
+            .create_topic()
+            .set_name(format!("projects/{PROJECT}/topics/ready-{i}"))
+            .send()
+            .await?;
+        in_process.push(started.elapsed());
+    }
+    in_process.sort();
+    println!(
+        "pubsub-service in process: ready (start() to the first admin call answered) median {:.1} ms of 5 (min {:.1} ms, max {:.1} ms)",
+        in_process[2].as_secs_f64() * 1000.0,
+        in_process[0].as_secs_f64() * 1000.0,
+        in_process[4].as_secs_f64() * 1000.0
+    );
     let ours = {
         let started = Instant::now();
         let mut child = Command::new(std::env::current_exe()?)
@@ -115,8 +141,8 @@ async fn compare() -> anyhow::Result<()> {
         );
     }
     println!(
-        "targets: ready <= 50 ms: {}; one ordered stream >= 20,000 msg/s: {}{}; RSS with 100k held <= 300 MB: {}",
-        met(ours.ready <= Duration::from_millis(50)),
+        "targets: ready in process <= 50 ms: {}; one ordered stream >= 20,000 msg/s: {}{}; RSS with 100k held <= 300 MB: {}",
+        met(in_process[2] <= Duration::from_millis(50)),
         met(ours.stream_rate >= 20_000.0),
         emulator
             .as_ref()
