@@ -90,6 +90,7 @@ fn validate_gcp(
             "RIG_GCP_PUBSUB_ENDPOINT",
             standin.pubsub.endpoint.clone().expect("emulator endpoint"),
         )
+        .env("RIG_PUBSUB", standin.pubsub.implementation.to_string())
         .env(
             "RIG_GCP_STORAGE_ENDPOINT",
             standin.storage.endpoint.clone().expect("fake-gcs endpoint"),

@@ -46,6 +46,17 @@ impl PubsubImplementation {
             _ => Ok(Self::default()),
         }
     }
+
+    /// What answers at an endpoint a target was pointed at (not started): Google without one;
+    /// with one, what `RIG_PUBSUB` says (`rig up` exports it), else Google's emulator, whose
+    /// known defects are then excused — the reading of env files from before our service.
+    pub fn behind(endpoint: Option<&str>) -> Result<Self, String> {
+        match (endpoint, std::env::var(RIG_PUBSUB)) {
+            (None, _) => Ok(Self::Google),
+            (Some(_), Ok(v)) if !v.is_empty() => v.parse(),
+            (Some(_), _) => Ok(Self::GoogleEmulator),
+        }
+    }
 }
 
 impl std::fmt::Display for PubsubImplementation {

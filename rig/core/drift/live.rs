@@ -160,6 +160,10 @@ impl LiveReader {
         PubsubConnection {
             endpoint: self.endpoints.pubsub.clone(),
             project_id: self.project_id.clone(),
+            implementation: crate::pubsub::PubsubImplementation::behind(
+                self.endpoints.pubsub.as_deref(),
+            )
+            .unwrap_or(crate::pubsub::PubsubImplementation::GoogleEmulator),
         }
     }
 

@@ -117,6 +117,7 @@ impl DriftReport {
         crate::validate::Validation {
             target: format!("gcp {} (read-only)", self.project),
             engine: "Cloud SQL (read-only: nothing written)".into(),
+            pubsub: "google (read-only)".into(),
             checks,
             divergences: Vec::new(),
         }

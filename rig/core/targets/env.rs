@@ -26,13 +26,8 @@ impl EnvBackbone {
                     owns_primary: false,
                 },
                 pubsub_endpoint: var("PUBSUB_EMULATOR_HOST").map(|h| format!("http://{h}")),
-                // An emulator host without RIG_PUBSUB (an env file from before our own
-                // service) is taken to be Google's emulator, whose known defects are excused.
-                pubsub: match (var("PUBSUB_EMULATOR_HOST"), var(crate::pubsub::RIG_PUBSUB)) {
-                    (None, _) => PubsubImplementation::Google,
-                    (Some(_), None) => PubsubImplementation::GoogleEmulator,
-                    (Some(_), Some(v)) => v.parse().map_err(|e: String| anyhow::anyhow!(e))?,
-                },
+                pubsub: PubsubImplementation::behind(var("PUBSUB_EMULATOR_HOST").as_deref())
+                    .map_err(|e| anyhow::anyhow!(e))?,
                 storage_endpoint: var("STORAGE_EMULATOR_HOST"),
                 // The worker's account is the only one the environment names: the schema is
                 // the deploy's business, not the rig's, on a backbone it did not create.

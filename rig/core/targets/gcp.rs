@@ -134,6 +134,8 @@ impl GcpBackbone {
                     provisions: false,
                     owns_primary: false,
                 },
+                pubsub: crate::pubsub::PubsubImplementation::behind(endpoints.pubsub.as_deref())
+                    .map_err(|e| anyhow::anyhow!(e))?,
                 pubsub_endpoint: endpoints.pubsub,
                 storage_endpoint: endpoints.storage,
                 // The rig holds no administrative database credentials in GCP.
