@@ -33,6 +33,9 @@ pub const MAX_ATTRIBUTES: usize = 100;
 /// What the worker adds to a dead letter, next to the reason.
 pub const DEAD_LETTER_SOURCE_SUBSCRIPTION: &str = "dead_letter_source_subscription";
 pub const DEAD_LETTER_SOURCE_MESSAGE_ID: &str = "dead_letter_source_message_id";
+/// The delivery attempt on which the worker dead-lettered a message (the worker's counterpart
+/// of the service's `CloudPubSubDeadLetterSourceDeliveryCount`).
+pub const DEAD_LETTER_DELIVERY_ATTEMPT: &str = "dead_letter_delivery_attempt";
 
 /// Where an event's payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,8 +212,13 @@ pub fn decode(message: &Message) -> Result<Envelope, String> {
         created_at,
         payload,
     };
-    // Per-aggregate order holds only if every event of the aggregate shares one key: an event
-    // under another key could overtake its predecessors.
+    Ok(envelope)
+}
+
+/// Per-aggregate order holds only if every event of the aggregate shares one key: an event
+/// under another key could overtake its predecessors. (Checked after the event's fields, whose
+/// problems make the better reason.)
+pub fn check_ordering_key(message: &Message, envelope: &Envelope) -> Result<(), String> {
     let key = envelope.ordering_key();
     if message.ordering_key != key {
         return Err(format!(
@@ -218,7 +226,7 @@ pub fn decode(message: &Message) -> Result<Envelope, String> {
             message.ordering_key
         ));
     }
-    Ok(envelope)
+    Ok(())
 }
 
 impl ClaimRef {
@@ -297,6 +305,7 @@ pub fn dead_letter_attributes(
     subscription: &str,
     message_id: &str,
 ) -> HashMap<String, String> {
+    // One slot for the delivery attempt the worker adds after this.
     let ours = [
         (DEAD_LETTER_REASON, reason),
         (DEAD_LETTER_SOURCE_SUBSCRIPTION, subscription),
@@ -318,7 +327,7 @@ pub fn dead_letter_attributes(
         .contains(&k.as_str());
         (!header, k.as_str())
     });
-    kept.truncate(MAX_ATTRIBUTES - ours.len());
+    kept.truncate(MAX_ATTRIBUTES - ours.len() - 1);
     let mut attributes: HashMap<String, String> = kept
         .into_iter()
         .map(|(k, v)| {
@@ -465,7 +474,12 @@ mod tests {
             );
         }
         let m = inline_message(&e).set_ordering_key("someone-else");
-        assert!(decode(&m).unwrap_err().contains("ordering key"));
+        let decoded = decode(&m).unwrap();
+        assert!(
+            check_ordering_key(&m, &decoded)
+                .unwrap_err()
+                .contains("ordering key")
+        );
     }
 
     #[test]

@@ -343,7 +343,7 @@ impl Core {
                 let reason = format!(
                     "given up on delivery attempt {attempt} (the subscription's last): {reason}"
                 );
-                self.dead_letter(message, &reason).await
+                self.dead_letter(message, &reason, attempt).await
             }
             other => other,
         }
@@ -425,7 +425,7 @@ impl Core {
     async fn process(&self, message: &Message, attempt: u32) -> Disposition {
         let envelope = match envelope::decode(message) {
             Ok(e) => e,
-            Err(reason) => return self.dead_letter(message, &reason).await,
+            Err(reason) => return self.dead_letter(message, &reason, attempt).await,
         };
         let payload = match &envelope.payload {
             PayloadSource::Inline(p) => p.clone(),
@@ -437,13 +437,13 @@ impl Core {
                     claim.uri(),
                     self.payload_bucket
                 );
-                return self.dead_letter(message, &reason).await;
+                return self.dead_letter(message, &reason, attempt).await;
             }
             PayloadSource::Claim(claim) => {
                 match claim_check::fetch(&self.storage, claim, self.options.verify_claims).await {
                     Ok(p) => p,
                     Err(ClaimError::Rejected(reason)) => {
-                        return self.dead_letter(message, &reason).await;
+                        return self.dead_letter(message, &reason, attempt).await;
                     }
                     Err(ClaimError::Transient(e)) => {
                         tracing::warn!(event_id = %envelope.event_id, "claim check: {e}");
@@ -452,9 +452,13 @@ impl Core {
                 }
             }
         };
+        let key_check = envelope::check_ordering_key(message, &envelope);
         let event = envelope.into_event(payload);
         if let Err(invalid) = event.validate() {
-            return self.dead_letter(message, &invalid.reason).await;
+            return self.dead_letter(message, &invalid.reason, attempt).await;
+        }
+        if let Err(reason) = key_check {
+            return self.dead_letter(message, &reason, attempt).await;
         }
         if self.faults.before_append(event.event_id, attempt) == Fault::Nack {
             return Disposition::Nack("a fault injected before the append".into());
@@ -470,7 +474,7 @@ impl Core {
                 | AppendError::Conflict { .. }
                 | AppendError::Refused { .. }),
             ) => {
-                return self.dead_letter(message, &e.to_string()).await;
+                return self.dead_letter(message, &e.to_string(), attempt).await;
             }
         };
         match appended {
@@ -511,12 +515,16 @@ impl Core {
 
     /// Sends bad input to the dead-letter topic with its reason; acks only once that publish
     /// succeeded, so nothing is lost if the dead-letter topic is unavailable.
-    async fn dead_letter(&self, message: &Message, reason: &str) -> Disposition {
-        let attributes = envelope::dead_letter_attributes(
+    async fn dead_letter(&self, message: &Message, reason: &str, attempt: u32) -> Disposition {
+        let mut attributes = envelope::dead_letter_attributes(
             &message.attributes,
             reason,
             &self.options.subscription,
             &message.message_id,
+        );
+        attributes.insert(
+            envelope::DEAD_LETTER_DELIVERY_ATTEMPT.into(),
+            attempt.to_string(),
         );
         let dead = Message::new()
             .set_data(message.data.clone())
