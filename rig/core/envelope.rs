@@ -386,6 +386,7 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn event() -> NewEvent {
         NewEvent {
@@ -527,6 +528,48 @@ mod tests {
         }
         let both = claim_message(&e, &good).set_data("{}");
         assert!(decode(&both).unwrap_err().contains("both a payload"));
+    }
+
+    proptest::proptest! {
+        /// The decoder takes whatever a publisher sends: arbitrary attributes (the header ones
+        /// included, with hostile values), arbitrary bytes, any ordering key. It never panics,
+        /// and whatever it accepts carries the canonical event_id and a checked claim.
+        #[test]
+        fn decoding_arbitrary_messages_never_panics(
+            attributes in proptest::collection::hash_map(
+                proptest::sample::select(vec![
+                    EVENT_ID, ACCOUNT_ID, AGGREGATE_TYPE, AGGREGATE_ID, CREATED_AT,
+                    PAYLOAD_REF, PAYLOAD_SIZE, PAYLOAD_SHA256, "other",
+                ]).prop_map(str::to_string),
+                proptest::prop_oneof![
+                    ".{0,40}",
+                    "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                    "[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9](\\.[0-9]{1,9})?(Z|[+-][0-2][0-9]:[0-5][0-9])",
+                    "gs://[a-z.-]{0,10}/.{0,20}",
+                    "[0-9a-f]{64}",
+                    "-?[0-9]{1,25}",
+                ],
+                0..10,
+            ),
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            key in ".{0,20}",
+        ) {
+            let message = Message::new()
+                .set_data(data)
+                .set_ordering_key(key)
+                .set_attributes(attributes);
+            if let Ok(envelope) = decode(&message) {
+                proptest::prop_assert_eq!(
+                    envelope.event_id.hyphenated().to_string(),
+                    message.attributes[EVENT_ID].clone()
+                );
+                if let PayloadSource::Claim(claim) = &envelope.payload {
+                    proptest::prop_assert!(claim.check().is_ok());
+                    proptest::prop_assert!(message.data.is_empty());
+                }
+                let _ = check_ordering_key(&message, &envelope);
+            }
+        }
     }
 
     #[test]
