@@ -4,7 +4,7 @@
 //! `tests/local_backbone.rs`.
 
 mod support;
-use support::{connect, deployed};
+use support::{connect, deployed, dev_topology};
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use google_cloud_pubsub::model::Message;
 use rig::envelope::{self, ClaimRef};
 use rig::event_store::{Appended, DbConfig, EventStore, NewEvent};
-use rig::scenarios::fixtures::{self, Aggregate};
-use rig::scenarios::support::{Collector, RunningWorker, wait_for};
 use rig::storage::StorageConnection;
 use rig::worker::{NoFaults, WorkerOptions};
+use scenarios::fixtures::{self, Aggregate};
+use scenarios::support::{Collector, RunningWorker, wait_for};
 use serde_json::Value;
 use sqlx::{ConnectOptions, Row};
 
@@ -207,14 +207,13 @@ async fn every_corpus_message_is_dead_lettered_with_its_reason_and_the_valid_one
         cases.len()
     );
     let (_backbone, env) = deployed("corpus").await;
-    let options = WorkerOptions::from_environment(&env).expect("worker options");
-    let raw = env
-        .topology
+    let topology = dev_topology();
+    let options = WorkerOptions::from_topology(&topology).expect("worker options");
+    let raw = topology
         .subscription(&options.subscription)
         .map(|s| s.topic.clone())
         .expect("the raw topic");
-    let dlq_subscription = env
-        .topology
+    let dlq_subscription = topology
         .subscriptions_on(&options.dead_letter_topic)
         .next()
         .map(|s| s.name.clone())
