@@ -211,6 +211,7 @@ async fn check(
     let missing_keys: HashSet<&str> = stalled
         .iter()
         .filter_map(|s| s.split(": ").next())
+        .map(|place_key| place_key.split_once(' ').map_or(place_key, |(_, key)| key))
         .collect();
     let (unary, streamed) = evidence.unwrap_or((Ok(0), 0));
     let observed = format!(
