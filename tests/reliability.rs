@@ -637,3 +637,184 @@ async fn replays_compare_every_field_and_aggregate_ids_compare_exactly() {
         assert_eq!(got, vec![id], "the stream of {id:?}");
     }
 }
+
+/// A server process restarted by a test with its original command line (its `--init-file` is
+/// gone by then: the first start deleted it); killed when dropped.
+struct Respawned(Child);
+
+impl Drop for Respawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pid_of(backbone: &rig::targets::Backbone, name: &str) -> u32 {
+    backbone
+        .processes()
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, pid, _)| pid)
+        .unwrap_or_else(|| panic!("no {name} among {:?}", backbone.processes()))
+}
+
+/// SIGKILLs the event store server and starts it again on the same datadir and port.
+fn kill_and_restart_database(pid: u32) -> Respawned {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the server's cmdline");
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    signal(pid, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(1000));
+    let log = std::fs::File::create(std::env::temp_dir().join(format!(
+        "rig-reliability-respawn-{}.log",
+        std::process::id()
+    )))
+    .expect("a log for the restarted server");
+    Respawned(
+        Command::new(&args[0])
+            .args(args[1..].iter().filter(|a| !a.starts_with("--init-file=")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("restarting the event store server"),
+    )
+}
+
+/// Faults while the worker runs: GCS unavailable (stopped) during claim-check uploads and
+/// downloads, the event store server SIGKILLed and restarted. Every valid event is stored
+/// exactly once in per-key order, reaches events.merged at least once in order, and nothing
+/// is dead-lettered (each outage is shorter than the retries it costs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_outages_and_a_database_restart_lose_nothing() {
+    let (backbone, env) = deployed("faults").await;
+    let topology = dev_topology();
+    let options = WorkerOptions::from_topology(&topology).expect("worker options");
+    let raw = topology
+        .subscription(&options.subscription)
+        .map(|s| s.topic.clone())
+        .expect("the raw topic");
+    let merged_subscription = topology
+        .worker_subscription(&options.merged_topic)
+        .map(|s| s.name.clone())
+        .expect("a subscription on merged");
+    let dlq_subscription = topology
+        .subscriptions_on(&options.dead_letter_topic)
+        .next()
+        .map(|s| s.name.clone())
+        .expect("a subscription on the dead-letter topic");
+    let gcs = pid_of(&backbone, "fake-gcs-server");
+    let database = pid_of(&backbone, "event-store-db");
+    let merged = Collector::start(&env, &merged_subscription).await.unwrap();
+    let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
+    let inline = rig::producer::Producer::connect(&env, &raw).await.unwrap();
+    // Every payload through the bucket.
+    let claimed = rig::producer::Producer::connect(&env, &raw)
+        .await
+        .unwrap()
+        .with_threshold(0);
+    let keys: Vec<Aggregate> = (0..10)
+        .map(|k| Aggregate {
+            account: 2,
+            record: k,
+            id: 100 + k as u16,
+        })
+        .collect();
+    let batch = |from: u32, to: u32| -> Vec<NewEvent> {
+        (from..to)
+            .flat_map(|seq| keys.iter().map(move |k| fixtures::event(k, seq)))
+            .collect()
+    };
+
+    // Upload while GCS is stopped: the producer must fail (or not finish), not publish a
+    // reference to an object that was never written.
+    let first = batch(1, 3);
+    signal(gcs, libc::SIGSTOP);
+    let during_outage =
+        tokio::time::timeout(Duration::from_secs(3), claimed.publish_all(&first)).await;
+    signal(gcs, libc::SIGCONT);
+    assert!(
+        !matches!(during_outage, Ok(Ok(_))),
+        "claim-checked events were published while GCS was stopped"
+    );
+    claimed.publish_all(&first).await.expect("publishing once GCS is back");
+    let mut events = first.clone();
+
+    let store = EventStore::connect(&env.event_store_admin, 2).await.unwrap();
+    let worker = RunningWorker::start(&env, options, Arc::new(NoFaults))
+        .await
+        .unwrap();
+    // Downloads while GCS is stopped: the worker waits or retries.
+    let second = batch(3, 6);
+    claimed.publish_all(&second).await.unwrap();
+    events.extend(second);
+    signal(gcs, libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(gcs, libc::SIGCONT);
+
+    // The database killed and restarted while inline events flow.
+    let third = batch(6, 20);
+    inline.publish_all(&third).await.unwrap();
+    events.extend(third);
+    wait_for(Duration::from_secs(30), || async {
+        store.count().await.unwrap_or(0) >= 70
+    })
+    .await;
+    // Killed while a backlog is in flight, so appends fail mid-stream.
+    let fourth = batch(20, 70);
+    inline.publish_all(&fourth).await.unwrap();
+    events.extend(fourth);
+    let _restarted = kill_and_restart_database(database);
+
+    let total = events.len();
+    let settled = wait_for(Duration::from_secs(90), || async {
+        store.count().await.unwrap_or(0) as usize >= total
+            && merged
+                .messages()
+                .iter()
+                .filter_map(scenarios::support::event_id_of)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= total
+    })
+    .await;
+    let counters = worker.stats.clone();
+    let stats = worker.stop_and_describe().await;
+    let merged = merged.stop().await;
+    let dead = dlq.stop().await;
+    assert!(
+        counters.nacked.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the database restart was never felt (nothing nacked): the fault did not land mid-stream; worker: {stats}"
+    );
+    let rows = store.all().await.unwrap();
+
+    let key_of = |a: &str, t: &str, i: &str| envelope::ordering_key(a, t, i);
+    let want = scenarios::support::by_key(
+        events
+            .iter()
+            .map(|e| (key_of(&e.account_id, &e.aggregate_type, &e.aggregate_id), e.event_id)),
+    );
+    let got = scenarios::support::by_key(
+        rows.iter()
+            .map(|r| (key_of(&r.account_id, &r.aggregate_type, &r.aggregate_id), r.event_id)),
+    );
+    let mut seen = std::collections::HashSet::new();
+    let on_merged = scenarios::support::by_key(merged.iter().filter_map(|m| {
+        let id = scenarios::support::event_id_of(m)?;
+        seen.insert(id).then(|| (m.ordering_key.clone(), id))
+    }));
+    let reasons: Vec<&String> = dead
+        .iter()
+        .filter_map(|m| m.attributes.get(envelope::DEAD_LETTER_REASON))
+        .collect();
+    assert!(
+        settled && got == want && on_merged == want && reasons.is_empty(),
+        "settled {settled}; {} of {total} rows, ledger in order per key: {}, merged in order per key: {}; dead letters: {reasons:?}; worker: {stats}",
+        rows.len(),
+        got == want,
+        on_merged == want
+    );
+}
