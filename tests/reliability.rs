@@ -818,3 +818,89 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
         on_merged == want
     );
 }
+
+/// The event store stalls (SIGSTOP) for longer than the subscription's ack deadline while the
+/// worker is appending: the client keeps the leases, nothing is redelivered into a duplicate,
+/// nothing is dead-lettered, and every event is stored once in order when the server resumes.
+/// The topology's ack deadline is shortened to 10 s in this test's copy so the stall stays
+/// short; everything else is the dev Terraform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
+    const ACK_DEADLINE: u32 = 10;
+    let mut topology = dev_topology();
+    for s in &mut topology.subscriptions {
+        s.ack_deadline_seconds = ACK_DEADLINE;
+    }
+    let (backbone, deployment) =
+        rig::targets::Backbone::up(rig::targets::TargetKind::Local, "stall", &topology)
+            .await
+            .unwrap_or_else(|e| panic!("bringing up the backbone: {e:#}"));
+    let env = deployment.environment;
+    let options = WorkerOptions::from_topology(&topology).expect("worker options");
+    let raw = topology
+        .subscription(&options.subscription)
+        .map(|s| s.topic.clone())
+        .expect("the raw topic");
+    let dlq_subscription = topology
+        .subscriptions_on(&options.dead_letter_topic)
+        .next()
+        .map(|s| s.name.clone())
+        .expect("a subscription on the dead-letter topic");
+    let database = pid_of(&backbone, "event-store-db");
+    let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
+    let events: Vec<NewEvent> = (1..=30)
+        .flat_map(|seq| {
+            (0..10).map(move |k| {
+                fixtures::event(
+                    &Aggregate {
+                        account: 0,
+                        record: k,
+                        id: 200 + k as u16,
+                    },
+                    seq,
+                )
+            })
+        })
+        .collect();
+    let store = EventStore::connect(&env.event_store_admin, 1).await.unwrap();
+    let producer = rig::producer::Producer::connect(&env, &raw).await.unwrap();
+    producer.publish_all(&events[..100]).await.unwrap();
+    let worker = RunningWorker::start(&env, options, Arc::new(NoFaults))
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), || async {
+        store.count().await.unwrap_or(0) >= 100
+    })
+    .await;
+    // Stopped with the rest in flight: the worker's appends hang on the frozen server.
+    producer.publish_all(&events[100..]).await.unwrap();
+    signal(database, libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(u64::from(ACK_DEADLINE) + 5)).await;
+    signal(database, libc::SIGCONT);
+    let total = events.len();
+    let settled = wait_for(Duration::from_secs(60), || async {
+        store.count().await.unwrap_or(0) as usize >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = worker.stop_and_describe().await;
+    let dead = dlq.stop().await;
+    let rows = store.all().await.unwrap();
+    let key_of = |a: &str, t: &str, i: &str| envelope::ordering_key(a, t, i);
+    let want = scenarios::support::by_key(
+        events
+            .iter()
+            .map(|e| (key_of(&e.account_id, &e.aggregate_type, &e.aggregate_id), e.event_id)),
+    );
+    let got = scenarios::support::by_key(
+        rows.iter()
+            .map(|r| (key_of(&r.account_id, &r.aggregate_type, &r.aggregate_id), r.event_id)),
+    );
+    assert!(
+        settled && got == want && dead.is_empty(),
+        "settled {settled}; {} rows of {total}, in order per key: {}; {} dead letter(s); worker: {stats}",
+        rows.len(),
+        got == want,
+        dead.len()
+    );
+}
