@@ -740,10 +740,15 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
         !matches!(during_outage, Ok(Ok(_))),
         "claim-checked events were published while GCS was stopped"
     );
-    claimed.publish_all(&first).await.expect("publishing once GCS is back");
+    claimed
+        .publish_all(&first)
+        .await
+        .expect("publishing once GCS is back");
     let mut events = first.clone();
 
-    let store = EventStore::connect(&env.event_store_admin, 2).await.unwrap();
+    let store = EventStore::connect(&env.event_store_admin, 2)
+        .await
+        .unwrap();
     let worker = RunningWorker::start(&env, options, Arc::new(NoFaults))
         .await
         .unwrap();
@@ -792,15 +797,18 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     let rows = store.all().await.unwrap();
 
     let key_of = |a: &str, t: &str, i: &str| envelope::ordering_key(a, t, i);
-    let want = scenarios::support::by_key(
-        events
-            .iter()
-            .map(|e| (key_of(&e.account_id, &e.aggregate_type, &e.aggregate_id), e.event_id)),
-    );
-    let got = scenarios::support::by_key(
-        rows.iter()
-            .map(|r| (key_of(&r.account_id, &r.aggregate_type, &r.aggregate_id), r.event_id)),
-    );
+    let want = scenarios::support::by_key(events.iter().map(|e| {
+        (
+            key_of(&e.account_id, &e.aggregate_type, &e.aggregate_id),
+            e.event_id,
+        )
+    }));
+    let got = scenarios::support::by_key(rows.iter().map(|r| {
+        (
+            key_of(&r.account_id, &r.aggregate_type, &r.aggregate_id),
+            r.event_id,
+        )
+    }));
     let mut seen = std::collections::HashSet::new();
     let on_merged = scenarios::support::by_key(merged.iter().filter_map(|m| {
         let id = scenarios::support::event_id_of(m)?;
@@ -862,7 +870,9 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
             })
         })
         .collect();
-    let store = EventStore::connect(&env.event_store_admin, 1).await.unwrap();
+    let store = EventStore::connect(&env.event_store_admin, 1)
+        .await
+        .unwrap();
     let producer = rig::producer::Producer::connect(&env, &raw).await.unwrap();
     producer.publish_all(&events[..100]).await.unwrap();
     let worker = RunningWorker::start(&env, options, Arc::new(NoFaults))
@@ -887,15 +897,18 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
     let dead = dlq.stop().await;
     let rows = store.all().await.unwrap();
     let key_of = |a: &str, t: &str, i: &str| envelope::ordering_key(a, t, i);
-    let want = scenarios::support::by_key(
-        events
-            .iter()
-            .map(|e| (key_of(&e.account_id, &e.aggregate_type, &e.aggregate_id), e.event_id)),
-    );
-    let got = scenarios::support::by_key(
-        rows.iter()
-            .map(|r| (key_of(&r.account_id, &r.aggregate_type, &r.aggregate_id), r.event_id)),
-    );
+    let want = scenarios::support::by_key(events.iter().map(|e| {
+        (
+            key_of(&e.account_id, &e.aggregate_type, &e.aggregate_id),
+            e.event_id,
+        )
+    }));
+    let got = scenarios::support::by_key(rows.iter().map(|r| {
+        (
+            key_of(&r.account_id, &r.aggregate_type, &r.aggregate_id),
+            r.event_id,
+        )
+    }));
     assert!(
         settled && got == want && dead.is_empty(),
         "settled {settled}; {} rows of {total}, in order per key: {}; {} dead letter(s); worker: {stats}",
