@@ -10,7 +10,7 @@
 //! nothing more (`scenario::worker_restart`), so the soak would only measure that divergence.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,13 +48,6 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-struct Worker(Child);
-impl Drop for Worker {
-    fn drop(&mut self) {
-        signal(self.0.id(), libc::SIGTERM);
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -85,18 +78,16 @@ async fn main() -> anyhow::Result<()> {
     let database = pid_of("event-store-db").context("the event store process")?;
     let gcs = pid_of("fake-gcs-server").context("the GCS process")?;
 
-    let worker = Worker(
-        Command::new(env!("CARGO_BIN_EXE_rig"))
-            .args(["worker", "-e", "dev"])
-            .envs(env.env_vars())
-            .env("RIG_LOG", "rig=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting `rig worker`")?,
-    );
-    let worker_pid = worker.0.id();
+    // A supervised child: it dies with the bench, whatever stops the bench.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rig"));
+    command
+        .args(["worker", "-e", "dev"])
+        .envs(env.env_vars())
+        .env("RIG_LOG", "rig=warn");
+    let log = std::env::temp_dir().join(format!("rig-soak-worker-{}.log", std::process::id()));
+    let worker = rig::process::Service::spawn("rig-worker", command, &log)
+        .context("starting `rig worker`")?;
+    let worker_pid = worker.pid();
 
     // publish → first arrival on merged, per event.
     let published: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
@@ -263,5 +254,6 @@ async fn main() -> anyhow::Result<()> {
         rss_samples.iter().max().copied().unwrap_or(0) / 1024
     );
     drop(worker);
+    println!("(the worker's log: {})", log.display());
     Ok(())
 }
