@@ -48,7 +48,6 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let total = setting("SOAK_EVENTS", 100_000);
@@ -158,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
             let (claim, plain): (Vec<_>, Vec<_>) = events
                 .into_iter()
                 .enumerate()
-                .partition(|(k, _)| (i + k) % 100 == 0);
+                .partition(|(k, _)| (i + k).is_multiple_of(100));
             let plain: Vec<_> = plain.into_iter().map(|(_, e)| e).collect();
             let claim: Vec<_> = claim.into_iter().map(|(_, e)| e).collect();
             // Per key, the claim-checked event may overtake a plain one published in the same
