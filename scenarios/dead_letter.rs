@@ -208,9 +208,12 @@ async fn dead_letter_case(
                     continue;
                 }
                 for copy in copies {
+                    // Dead-lettered by the service after its last attempt, or by the worker
+                    // itself on that attempt (with the reason): either way on attempt 5.
                     let count = copy
                         .attributes
                         .get(envelope::SERVICE_DELIVERY_COUNT)
+                        .or_else(|| copy.attributes.get(envelope::DEAD_LETTER_DELIVERY_ATTEMPT))
                         .cloned()
                         .unwrap_or_default();
                     if count != EPIC_MAX_DELIVERY_ATTEMPTS.to_string() {

@@ -11,6 +11,7 @@ pub mod isolation;
 pub mod mutations;
 pub mod ordering;
 pub mod oversized;
+pub mod restart;
 pub mod suite;
 pub mod support;
 pub mod uniqueness;
@@ -129,6 +130,7 @@ pub fn all() -> Vec<Scenario> {
         uniqueness::SCENARIO,
         isolation::SCENARIO,
         oversized::SCENARIO,
+        restart::SCENARIO,
     ]
 }
 

@@ -294,7 +294,7 @@ fn describe(want: &[uuid::Uuid], got: &[uuid::Uuid]) -> String {
 
 /// How many messages a unary REST pull returns right now (the emulator's view of what is
 /// deliverable, without the streaming machinery).
-async fn unary_pull_count(
+pub(crate) async fn unary_pull_count(
     env: &rig::environment::Environment,
     subscription: &str,
 ) -> Result<usize, String> {

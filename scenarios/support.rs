@@ -51,6 +51,14 @@ impl RunningWorker {
         Ok(Self { stop, task, stats })
     }
 
+    /// Cuts the worker off wherever it is — mid-append, between the append and the publish to
+    /// merged, before an ack — as a crash would. (In-process, its leases are released as its
+    /// handlers drop; a killed process leaves them to expire instead.)
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     /// Whether the worker's loop ended by itself (a stream failure).
     pub fn finished(&self) -> bool {
         self.task.is_finished()

@@ -323,6 +323,11 @@ fn rig_up_stops_everything_on_sigterm() {
 }
 
 #[test]
+fn rig_up_stops_everything_on_sighup() {
+    assert_orderly_stop(libc::SIGHUP, "SIGHUP");
+}
+
+#[test]
 fn rig_up_children_die_with_a_sigkilled_rig() {
     use std::os::unix::process::ExitStatusExt;
     let (children, dirs, status) = rig_up_then(libc::SIGKILL);

@@ -18,6 +18,7 @@ use sqlx::{AssertSqlSafe, Row};
 const PHP_MISSING: &str = "php not found: apt-get install --no-install-recommends php-cli php-mysql php-illuminate-database";
 const LARAVEL_MIGRATION: &str =
     "database/migrations/2026_11_27_000001_create_event_store_table.php";
+const LARAVEL_EXACT_IDS: &str = "database/migrations/2026_11_27_000004_event_store_exact_ids.php";
 
 fn laravel_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("laravel")
@@ -78,9 +79,11 @@ async fn create_database(admin: &DbConfig, name: &str) -> DbConfig {
     admin.with_database(name)
 }
 
-fn migrate_with_laravel(admin: &DbConfig, migration: Option<&Path>) {
-    let file = migration.map(|p| p.display().to_string());
-    let args: Vec<&str> = file.iter().map(String::as_str).collect();
+/// Runs these Laravel migration files in order (all of `laravel/database/migrations/` when
+/// none is given).
+fn migrate_with_laravel(admin: &DbConfig, migrations: &[&Path]) {
+    let files: Vec<String> = migrations.iter().map(|p| p.display().to_string()).collect();
+    let args: Vec<&str> = files.iter().map(String::as_str).collect();
     let run = php("migrate.php", &args, admin, None);
     assert_eq!(
         run.code,
@@ -189,7 +192,7 @@ async fn the_laravel_migration_and_the_sqlx_migrations_leave_identical_ledgers()
 
     // The Laravel migration, as the migration owner (never the worker) runs it.
     let laravel = create_database(admin, "events_laravel").await;
-    migrate_with_laravel(&laravel, None);
+    migrate_with_laravel(&laravel, &[]);
     let laravel_side = ledger_shape(&laravel).await;
     if let Err(differences) = compare(&sqlx_side, &laravel_side) {
         panic!(
@@ -198,10 +201,10 @@ async fn the_laravel_migration_and_the_sqlx_migrations_leave_identical_ledgers()
         );
     }
 
-    // The comparison must be able to fail: one column narrowed on the Laravel side.
+    // The comparison must be able to fail: one column made nullable on the Laravel side.
     let original = std::fs::read_to_string(laravel_dir().join(LARAVEL_MIGRATION))
         .expect("reading the Laravel migration");
-    let column = "$table->string('aggregate_id');";
+    let column = "$table->timestamp('created_at');";
     assert_eq!(
         original.matches(column).count(),
         1,
@@ -211,21 +214,36 @@ async fn the_laravel_migration_and_the_sqlx_migrations_leave_identical_ledgers()
     let altered = dir.path().join("altered_create_event_store_table.php");
     std::fs::write(
         &altered,
-        original.replace(column, "$table->string('aggregate_id', 100);"),
+        original.replace(column, "$table->timestamp('created_at')->nullable();"),
     )
     .expect("writing the altered migration");
     let mutant = create_database(admin, "events_laravel_altered").await;
-    migrate_with_laravel(&mutant, Some(&altered));
+    let exact_ids = laravel_dir().join(LARAVEL_EXACT_IDS);
+    migrate_with_laravel(&mutant, &[&altered, &exact_ids]);
     let differences = compare(&sqlx_side, &ledger_shape(&mutant).await)
-        .expect_err("an aggregate_id of 100 characters must not pass as parity");
+        .expect_err("a nullable created_at must not pass as parity");
     assert_eq!(
         differences,
         vec![
-            "- `aggregate_id` varchar(255) NOT NULL,".to_string(),
-            "+ `aggregate_id` varchar(100) NOT NULL,".to_string(),
+            "- `created_at` timestamp NOT NULL,".to_string(),
+            "+ `created_at` timestamp NULL DEFAULT NULL,".to_string(),
         ],
         "exactly the altered column differs"
     );
+
+    // Without the exact-ids migration the id columns keep the folding collation: caught too.
+    let folding = create_database(admin, "events_laravel_folding").await;
+    migrate_with_laravel(&folding, &[&laravel_dir().join(LARAVEL_MIGRATION)]);
+    let differences = compare(&sqlx_side, &ledger_shape(&folding).await)
+        .expect_err("case-folding id columns must not pass as parity");
+    for column in ["account_id", "aggregate_type", "aggregate_id"] {
+        assert!(
+            differences.iter().any(|d| d.starts_with("- ")
+                && d.contains(&format!("`{column}`"))
+                && d.contains("_bin")),
+            "the binary collation of {column} is missing from the differences: {differences:?}"
+        );
+    }
 
     // The worker cannot run the migration (it needs DDL): the README's warning holds.
     let worker_target = DbConfig {

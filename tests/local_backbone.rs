@@ -147,10 +147,10 @@ async fn provisioning_read_back_from_the_emulators_equals_the_topology() {
 /// tests/laravel_parity.rs). MySQL 8.4 prints `bigint unsigned` and a native `json` column.
 const MARIADB_EVENT_STORE_DDL: &str = "CREATE TABLE `event_store` (
   `id` bigint(20) unsigned NOT NULL AUTO_INCREMENT,
-  `account_id` varchar(255) NOT NULL,
+  `account_id` varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
   `event_id` char(36) NOT NULL,
-  `aggregate_type` varchar(255) NOT NULL,
-  `aggregate_id` varchar(255) NOT NULL,
+  `aggregate_type` varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+  `aggregate_id` varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
   `payload` longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL CHECK (json_valid(`payload`)),
   `created_at` timestamp NOT NULL,
   PRIMARY KEY (`id`),

@@ -162,11 +162,13 @@ fn main() -> ExitCode {
     code
 }
 
-/// SIGINT and SIGTERM, listened to from the start: a signal that arrives at any point, even
-/// between two steps, is kept until someone asks for it.
+/// SIGINT, SIGTERM and SIGHUP (the terminal went away), listened to from the start: a signal
+/// that arrives at any point, even between two steps, is kept until someone asks for it. All
+/// three stop the rig the same orderly way.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -175,6 +177,7 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
         })
     }
 
@@ -182,21 +185,28 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }
 
-/// Writes a file only its owner can read: the environment holds database passwords.
+/// Writes a file only its owner can read: the environment holds database passwords. A new
+/// file (mode 0600) replaces the old one by rename, so an existing file's mode (say 0644), or
+/// a reader holding it open, never sees the passwords.
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents.as_bytes())
+    use std::os::unix::fs::PermissionsExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(parent)?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn load_topology(environment: &str) -> anyhow::Result<Topology> {

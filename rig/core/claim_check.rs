@@ -6,6 +6,7 @@ use google_cloud_storage::client::Storage;
 
 use crate::envelope::{self, ClaimRef};
 use crate::event_store::NewEvent;
+use crate::event_store::storable::MAX_PAYLOAD_BYTES;
 use crate::storage::StorageConnection;
 
 /// Default threshold: well under Pub/Sub's 10 MB request limit, which also counts attributes,
@@ -21,6 +22,21 @@ pub enum ClaimError {
     /// GCS could not be reached or failed: retry.
     #[error("GCS: {0}")]
     Transient(String),
+}
+
+/// Statuses that answer for the object or the request itself, the same on every retry.
+/// 401/403 are not among them: a missing permission is the deployment's to fix, not the
+/// event's fault, and nothing must be dead-lettered while it is being fixed.
+const PERMANENT_STATUSES: &[u16] = &[400, 404, 410, 411, 412, 413, 414, 416];
+
+/// Tells a GCS failure that no retry can fix from one that a retry may.
+pub fn classify(status: Option<u16>, uri: &str, error: &dyn std::fmt::Display) -> ClaimError {
+    match status {
+        Some(code) if PERMANENT_STATUSES.contains(&code) => {
+            ClaimError::Rejected(format!("GCS refused {uri} with HTTP {code}: {error}"))
+        }
+        _ => ClaimError::Transient(format!("reading {uri}: {error}")),
+    }
 }
 
 /// Writes the payload of `event` to `bucket` and returns its reference.
@@ -71,17 +87,24 @@ pub async fn fetch(
                 claim.uri()
             )));
         }
-        Err(e) => {
-            return Err(ClaimError::Transient(format!(
-                "reading {}: {e}",
-                claim.uri()
-            )));
-        }
+        Err(e) => return Err(classify(e.http_status_code(), &claim.uri(), &e)),
+    };
+    // Never more than the reference promises (nor than the ledger takes): a lying reference
+    // must not make the worker download, and hold, an arbitrary object.
+    let limit = if verify {
+        claim.size
+    } else {
+        MAX_PAYLOAD_BYTES as u64
     };
     let mut data = Vec::with_capacity(usize::try_from(claim.size).unwrap_or(0).min(64 << 20));
     while let Some(chunk) = response.next().await {
-        let chunk =
-            chunk.map_err(|e| ClaimError::Transient(format!("reading {}: {e}", claim.uri())))?;
+        let chunk = chunk.map_err(|e| classify(e.http_status_code(), &claim.uri(), &e))?;
+        if (data.len() + chunk.len()) as u64 > limit {
+            return Err(ClaimError::Rejected(format!(
+                "payload object {} is larger than the {limit} bytes the message says",
+                claim.uri()
+            )));
+        }
         data.extend_from_slice(&chunk);
     }
     if verify && data.len() as u64 != claim.size {
@@ -103,4 +126,32 @@ pub async fn fetch(
     String::from_utf8(data).map_err(|e| {
         ClaimError::Rejected(format!("payload object {} is not UTF-8: {e}", claim.uri()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_split_into_permanent_and_transient() {
+        for code in [400, 404, 410, 412, 416] {
+            assert!(
+                matches!(classify(Some(code), "gs://b/o", &"x"), ClaimError::Rejected(r) if r.contains(&code.to_string()))
+            );
+        }
+        for code in [
+            Some(401),
+            Some(403),
+            Some(408),
+            Some(429),
+            Some(500),
+            Some(503),
+            None,
+        ] {
+            assert!(matches!(
+                classify(code, "gs://b/o", &"x"),
+                ClaimError::Transient(_)
+            ));
+        }
+    }
 }

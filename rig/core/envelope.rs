@@ -25,6 +25,17 @@ pub const SERVICE_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCou
 
 /// Ordering keys are limited to 1,024 bytes; longer aggregate identities are hashed.
 const MAX_ORDERING_KEY: usize = 1024;
+/// Pub/Sub's limits on a message's attributes (the emulator enforces none of them, the real
+/// service refuses the whole publish): bytes per key and per value, and how many.
+pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 256;
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+pub const MAX_ATTRIBUTES: usize = 100;
+/// What the worker adds to a dead letter, next to the reason.
+pub const DEAD_LETTER_SOURCE_SUBSCRIPTION: &str = "dead_letter_source_subscription";
+pub const DEAD_LETTER_SOURCE_MESSAGE_ID: &str = "dead_letter_source_message_id";
+/// The delivery attempt on which the worker dead-lettered a message (the worker's counterpart
+/// of the service's `CloudPubSubDeadLetterSourceDeliveryCount`).
+pub const DEAD_LETTER_DELIVERY_ATTEMPT: &str = "dead_letter_delivery_attempt";
 
 /// Where an event's payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +160,14 @@ pub fn decode(message: &Message) -> Result<Envelope, String> {
     let event_id_text = get(EVENT_ID)?;
     let event_id = uuid::Uuid::parse_str(&event_id_text)
         .map_err(|e| format!("attribute `{EVENT_ID}` is not a UUID ({event_id_text:?}): {e}"))?;
+    // One form end to end: the ledger and events.merged carry the same text, and a replay in
+    // another spelling cannot pass for a different event anywhere downstream.
+    if event_id.hyphenated().to_string() != event_id_text {
+        return Err(format!(
+            "attribute `{EVENT_ID}` is not a UUID in canonical form (lowercase, hyphenated, 36 characters, e.g. {}): {event_id_text:?}",
+            event_id.hyphenated()
+        ));
+    }
     let created_at_text = get(CREATED_AT)?;
     let created_at = DateTime::parse_from_rfc3339(&created_at_text)
         .map_err(|e| {
@@ -156,6 +175,12 @@ pub fn decode(message: &Message) -> Result<Envelope, String> {
         })?
         .with_timezone(&Utc);
     let payload = match attrs.get(PAYLOAD_REF) {
+        Some(_) if !message.data.is_empty() => {
+            return Err(format!(
+                "the message carries both a payload ({} bytes) and a claim reference `{PAYLOAD_REF}`: which one is the event's is unknowable",
+                message.data.len()
+            ));
+        }
         None => PayloadSource::Inline(
             String::from_utf8(message.data.to_vec())
                 .map_err(|e| format!("payload is not UTF-8: {e}"))?,
@@ -166,25 +191,179 @@ pub fn decode(message: &Message) -> Result<Envelope, String> {
                 .and_then(|rest| rest.split_once('/'))
                 .ok_or_else(|| format!("attribute `{PAYLOAD_REF}` is not a gs:// URI: {uri:?}"))?;
             let size_text = get(PAYLOAD_SIZE)?;
-            let size = size_text
+            let size: u64 = size_text
                 .parse()
                 .map_err(|_| format!("attribute `{PAYLOAD_SIZE}` is not a size: {size_text:?}"))?;
-            PayloadSource::Claim(ClaimRef {
+            let claim = ClaimRef {
                 bucket: bucket.to_string(),
                 object: object.to_string(),
                 size,
                 sha256: get(PAYLOAD_SHA256)?,
-            })
+            };
+            claim.check()?;
+            PayloadSource::Claim(claim)
         }
     };
-    Ok(Envelope {
+    let envelope = Envelope {
         account_id: get(ACCOUNT_ID)?,
         event_id,
         aggregate_type: get(AGGREGATE_TYPE)?,
         aggregate_id: get(AGGREGATE_ID)?,
         created_at,
         payload,
-    })
+    };
+    Ok(envelope)
+}
+
+/// Per-aggregate order holds only if every event of the aggregate shares one key: an event
+/// under another key could overtake its predecessors. (Checked after the event's fields, whose
+/// problems make the better reason.)
+pub fn check_ordering_key(message: &Message, envelope: &Envelope) -> Result<(), String> {
+    let key = envelope.ordering_key();
+    if message.ordering_key != key {
+        return Err(format!(
+            "the message's ordering key {:?} is not its aggregate's ({key:?}): its order among the aggregate's events would be lost",
+            message.ordering_key
+        ));
+    }
+    Ok(())
+}
+
+impl ClaimRef {
+    /// What GCS and the ledger allow in a reference, checked before any request is made.
+    fn check(&self) -> Result<(), String> {
+        let uri = self.uri();
+        let bucket_ok = (3..=222).contains(&self.bucket.len())
+            && self.bucket.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            })
+            && self.bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && self.bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !bucket_ok {
+            return Err(format!(
+                "attribute `{PAYLOAD_REF}` names no valid bucket: {uri:?}"
+            ));
+        }
+        if self.object.is_empty()
+            || self.object.len() > 1024
+            || self.object.contains(['\r', '\n'])
+            || self.object == "."
+            || self.object == ".."
+            || self.object.starts_with(".well-known/acme-challenge/")
+        {
+            return Err(format!(
+                "attribute `{PAYLOAD_REF}` names no valid object (empty, over 1,024 bytes, a line break, `.` or `..`): {uri:?}"
+            ));
+        }
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!(
+                "attribute `{PAYLOAD_SHA256}` is not 64 lowercase hex digits: {:?}",
+                self.sha256
+            ));
+        }
+        let limit = crate::event_store::storable::MAX_PAYLOAD_BYTES;
+        if self.size > limit as u64 {
+            return Err(format!(
+                "attribute `{PAYLOAD_SIZE}` says {} bytes; the ledger takes at most {limit}",
+                self.size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The longest prefix of `text` that fits in `max_bytes` without splitting a character.
+pub fn truncate_utf8(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Attributes only the worker or the service may set: a publisher's copy is not passed on.
+fn reserved(key: &str) -> bool {
+    key.starts_with("dead_letter_") || key.starts_with("CloudPubSub") || key.starts_with("goog")
+}
+
+/// A dead letter's attributes: the original ones that the real service would accept again
+/// (a key over 256 bytes is dropped, a value over 1,024 bytes cut on a character boundary,
+/// reserved ones dropped, at most 100 in all), then the reason — cut to 1,024 bytes, not
+/// characters — and where the message came from. A dead letter the service refused to take
+/// would come back to the worker forever.
+pub fn dead_letter_attributes(
+    original: &HashMap<String, String>,
+    reason: &str,
+    subscription: &str,
+    message_id: &str,
+) -> HashMap<String, String> {
+    // One slot for the delivery attempt the worker adds after this.
+    let ours = [
+        (DEAD_LETTER_REASON, reason),
+        (DEAD_LETTER_SOURCE_SUBSCRIPTION, subscription),
+        (DEAD_LETTER_SOURCE_MESSAGE_ID, message_id),
+    ];
+    let mut kept: Vec<(&String, &String)> = original
+        .iter()
+        .filter(|(k, _)| !k.is_empty() && k.len() <= MAX_ATTRIBUTE_KEY_BYTES && !reserved(k))
+        .collect();
+    // The event's own headers first, then the rest in a stable order.
+    kept.sort_by_key(|(k, _)| {
+        let header = [
+            EVENT_ID,
+            ACCOUNT_ID,
+            AGGREGATE_TYPE,
+            AGGREGATE_ID,
+            CREATED_AT,
+        ]
+        .contains(&k.as_str());
+        (!header, k.as_str())
+    });
+    kept.truncate(MAX_ATTRIBUTES - ours.len() - 1);
+    let mut attributes: HashMap<String, String> = kept
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                truncate_utf8(v, MAX_ATTRIBUTE_VALUE_BYTES).to_string(),
+            )
+        })
+        .collect();
+    for (key, value) in ours {
+        attributes.insert(
+            key.into(),
+            truncate_utf8(value, MAX_ATTRIBUTE_VALUE_BYTES).to_string(),
+        );
+    }
+    attributes
+}
+
+/// The attributes of an event on `events.merged`: the publisher's, without reserved ones, and
+/// the event's headers in the ledger's form (canonical event_id, created_at as stored), so a
+/// consumer of merged and a reader of the ledger see the same event.
+pub fn merged_attributes(
+    original: &HashMap<String, String>,
+    event: &NewEvent,
+) -> HashMap<String, String> {
+    let mut attributes: HashMap<String, String> = original
+        .iter()
+        .filter(|(k, _)| !reserved(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let stored = NewEvent {
+        created_at: event.ledger_created_at(),
+        ..event.clone()
+    };
+    attributes.extend(header_attributes(&stored));
+    attributes
 }
 
 impl Envelope {
@@ -207,6 +386,7 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn event() -> NewEvent {
         NewEvent {
@@ -226,7 +406,7 @@ mod tests {
         assert_eq!(decoded.clone().into_event(e.payload.clone()), e);
         assert_eq!(decoded.payload, PayloadSource::Inline(e.payload.clone()));
         let claim = ClaimRef {
-            bucket: "b".into(),
+            bucket: "bkt".into(),
             object: claim_object_name(&e),
             size: 12,
             sha256: sha256_hex(e.payload.as_bytes()),
@@ -253,6 +433,143 @@ mod tests {
         assert!(decode(&m).unwrap_err().contains("not a UUID"));
         m.attributes.remove(EVENT_ID);
         assert!(decode(&m).unwrap_err().contains("`event_id` is missing"));
+    }
+
+    #[test]
+    fn dead_letter_reasons_are_cut_by_bytes_on_a_character_boundary() {
+        // 'é' is two bytes: 1,000 characters are 2,000 bytes, over Pub/Sub's 1,024.
+        let reason = "é".repeat(1000);
+        let original: HashMap<String, String> = (0..150)
+            .map(|i| (format!("k{i:03}"), "ü".repeat(700)))
+            .chain([
+                ("x".repeat(300), "long key".to_string()),
+                (DEAD_LETTER_REASON.to_string(), "spoofed".to_string()),
+            ])
+            .collect();
+        let attrs = dead_letter_attributes(&original, &reason, "sub", "42");
+        assert_eq!(attrs[DEAD_LETTER_REASON].len(), 1024);
+        assert!(reason.starts_with(&attrs[DEAD_LETTER_REASON]));
+        assert!(attrs.len() <= MAX_ATTRIBUTES);
+        for (k, v) in &attrs {
+            assert!(k.len() <= MAX_ATTRIBUTE_KEY_BYTES && v.len() <= MAX_ATTRIBUTE_VALUE_BYTES);
+        }
+        assert_eq!(truncate_utf8("aé", 2), "a");
+        assert_eq!(truncate_utf8("😀", 3), "");
+    }
+
+    #[test]
+    fn only_the_canonical_event_id_and_the_aggregates_ordering_key_are_accepted() {
+        let e = event();
+        let id = e.event_id.hyphenated().to_string();
+        for other in [
+            id.to_uppercase(),
+            format!("{{{id}}}"),
+            format!("urn:uuid:{id}"),
+            e.event_id.simple().to_string(),
+        ] {
+            let mut m = inline_message(&e);
+            m.attributes.insert(EVENT_ID.into(), other.clone());
+            assert!(
+                decode(&m).unwrap_err().contains("canonical form"),
+                "{other}"
+            );
+        }
+        let m = inline_message(&e).set_ordering_key("someone-else");
+        let decoded = decode(&m).unwrap();
+        assert!(
+            check_ordering_key(&m, &decoded)
+                .unwrap_err()
+                .contains("ordering key")
+        );
+    }
+
+    #[test]
+    fn claim_references_are_checked_before_any_request() {
+        let e = event();
+        let good = ClaimRef {
+            bucket: "payloads-dev".into(),
+            object: claim_object_name(&e),
+            size: 12,
+            sha256: sha256_hex(b"x"),
+        };
+        assert!(decode(&claim_message(&e, &good)).is_ok());
+        for (bad, why) in [
+            (
+                ClaimRef {
+                    object: String::new(),
+                    ..good.clone()
+                },
+                "valid object",
+            ),
+            (
+                ClaimRef {
+                    bucket: "UPPER".into(),
+                    ..good.clone()
+                },
+                "valid bucket",
+            ),
+            (
+                ClaimRef {
+                    sha256: "ABC".into(),
+                    ..good.clone()
+                },
+                "hex digits",
+            ),
+            (
+                ClaimRef {
+                    size: u64::MAX,
+                    ..good.clone()
+                },
+                "at most",
+            ),
+        ] {
+            let err = decode(&claim_message(&e, &bad)).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let both = claim_message(&e, &good).set_data("{}");
+        assert!(decode(&both).unwrap_err().contains("both a payload"));
+    }
+
+    proptest::proptest! {
+        /// The decoder takes whatever a publisher sends: arbitrary attributes (the header ones
+        /// included, with hostile values), arbitrary bytes, any ordering key. It never panics,
+        /// and whatever it accepts carries the canonical event_id and a checked claim.
+        #[test]
+        fn decoding_arbitrary_messages_never_panics(
+            attributes in proptest::collection::hash_map(
+                proptest::sample::select(vec![
+                    EVENT_ID, ACCOUNT_ID, AGGREGATE_TYPE, AGGREGATE_ID, CREATED_AT,
+                    PAYLOAD_REF, PAYLOAD_SIZE, PAYLOAD_SHA256, "other",
+                ]).prop_map(str::to_string),
+                proptest::prop_oneof![
+                    ".{0,40}",
+                    "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                    "[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9](\\.[0-9]{1,9})?(Z|[+-][0-2][0-9]:[0-5][0-9])",
+                    "gs://[a-z.-]{0,10}/.{0,20}",
+                    "[0-9a-f]{64}",
+                    "-?[0-9]{1,25}",
+                ],
+                0..10,
+            ),
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            key in ".{0,20}",
+        ) {
+            let message = Message::new()
+                .set_data(data)
+                .set_ordering_key(key)
+                .set_attributes(attributes);
+            if let Ok(envelope) = decode(&message) {
+                proptest::prop_assert_eq!(
+                    envelope.event_id.hyphenated().to_string(),
+                    message.attributes[EVENT_ID].clone()
+                );
+                if let PayloadSource::Claim(claim) = &envelope.payload {
+                    proptest::prop_assert!(claim.check().is_ok());
+                    proptest::prop_assert!(message.data.is_empty());
+                }
+                let _ = check_ordering_key(&message, &envelope);
+            }
+        }
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl WorkerStats {
 /// How one delivery ended.
 enum Disposition {
     Ack,
-    Nack,
+    /// Failed for a reason a retry may cure (the database or GCS unavailable, ...).
+    Nack(String),
 }
 
 struct Core {
@@ -167,6 +168,8 @@ struct Core {
     /// is not published twice. (After a restart the set is empty: merged is at-least-once.)
     published: Mutex<HashSet<uuid::Uuid>>,
     stopping: AtomicBool,
+    /// The environment's payload bucket: the only one a claim check may point into.
+    payload_bucket: String,
 }
 
 pub struct Worker {
@@ -197,6 +200,7 @@ impl Worker {
             stats: Arc::default(),
             published: Mutex::default(),
             stopping: AtomicBool::new(false),
+            payload_bucket: env.bucket.clone(),
             options,
         };
         Ok(Self {
@@ -306,12 +310,42 @@ impl Core {
             .delivery_attempt()
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(1);
-        match self.process(&message, attempt).await {
+        let disposition = self.process(&message, attempt).await;
+        match self.settle(&message, attempt, disposition).await {
             Disposition::Ack => handler.ack(),
-            Disposition::Nack => {
+            Disposition::Nack(_) => {
                 self.stats.nacked.fetch_add(1, Ordering::Relaxed);
                 handler.nack()
             }
+        }
+    }
+
+    /// Whether this is the message's last attempt before the service dead-letters it.
+    fn last_attempt(&self, attempt: u32) -> bool {
+        self.options
+            .max_delivery_attempts
+            .is_some_and(|max| attempt >= max)
+    }
+
+    /// A failure on the last attempt is dead-lettered by the worker itself, with its reason:
+    /// the message's fate never passes to the service's dead-letter policy, which the
+    /// emulator cannot carry out on an ordered subscription (its stream fails, and every later
+    /// event of every key with it) and which would record no reason. Only if that publish
+    /// fails too is the message nacked and left to the policy.
+    async fn settle(
+        &self,
+        message: &Message,
+        attempt: u32,
+        disposition: Disposition,
+    ) -> Disposition {
+        match disposition {
+            Disposition::Nack(reason) if self.last_attempt(attempt) => {
+                let reason = format!(
+                    "given up on delivery attempt {attempt} (the subscription's last): {reason}"
+                );
+                self.dead_letter(message, &reason, attempt).await
+            }
+            other => other,
         }
     }
 
@@ -344,19 +378,26 @@ impl Core {
             {
                 blocked = None;
             }
+            let attempt = handler
+                .delivery_attempt()
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(1);
             if let Some((blocker, _)) = &blocked
                 && *blocker != message.message_id
             {
                 self.stats.deferred.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(key = %message.ordering_key, message_id = %message.message_id, "deferred behind a failed message");
-                handler.nack();
+                let held = Disposition::Nack(format!(
+                    "held back behind message {blocker} of the same ordering key, which had not been stored; dead-lettered rather than stored out of order: replay it after that one"
+                ));
+                match self.settle(&message, attempt, held).await {
+                    Disposition::Ack => handler.ack(),
+                    Disposition::Nack(_) => handler.nack(),
+                }
                 continue;
             }
-            let attempt = handler
-                .delivery_attempt()
-                .and_then(|a| u32::try_from(a).ok())
-                .unwrap_or(1);
             let disposition = self.process(&message, attempt).await;
+            let disposition = self.settle(&message, attempt, disposition).await;
             tracing::debug!(
                 key = %message.ordering_key,
                 message_id = %message.message_id,
@@ -369,14 +410,12 @@ impl Core {
                     handler.ack();
                     blocked = None;
                 }
-                Disposition::Nack => {
+                Disposition::Nack(_) => {
                     self.stats.nacked.fetch_add(1, Ordering::Relaxed);
                     handler.nack();
-                    let last_attempt = self
-                        .options
-                        .max_delivery_attempts
-                        .is_some_and(|max| attempt >= max);
-                    // After its last attempt the service dead-letters it: the key moves on.
+                    // Only a failed dead-letter publish on the last attempt ends here: then
+                    // the service dead-letters it, and the key moves on.
+                    let last_attempt = self.last_attempt(attempt);
                     blocked = (!last_attempt).then(|| (message.message_id.clone(), Instant::now()));
                 }
             }
@@ -386,38 +425,56 @@ impl Core {
     async fn process(&self, message: &Message, attempt: u32) -> Disposition {
         let envelope = match envelope::decode(message) {
             Ok(e) => e,
-            Err(reason) => return self.dead_letter(message, &reason).await,
+            Err(reason) => return self.dead_letter(message, &reason, attempt).await,
         };
         let payload = match &envelope.payload {
             PayloadSource::Inline(p) => p.clone(),
+            // The worker's identity may read more than this bucket: a reference elsewhere
+            // would make it fetch, and store, whatever the publisher points at.
+            PayloadSource::Claim(claim) if claim.bucket != self.payload_bucket => {
+                let reason = format!(
+                    "claim reference {} is outside the payload bucket {}",
+                    claim.uri(),
+                    self.payload_bucket
+                );
+                return self.dead_letter(message, &reason, attempt).await;
+            }
             PayloadSource::Claim(claim) => {
                 match claim_check::fetch(&self.storage, claim, self.options.verify_claims).await {
                     Ok(p) => p,
                     Err(ClaimError::Rejected(reason)) => {
-                        return self.dead_letter(message, &reason).await;
+                        return self.dead_letter(message, &reason, attempt).await;
                     }
                     Err(ClaimError::Transient(e)) => {
                         tracing::warn!(event_id = %envelope.event_id, "claim check: {e}");
-                        return Disposition::Nack;
+                        return Disposition::Nack(format!("claim check: {e}"));
                     }
                 }
             }
         };
+        let key_check = envelope::check_ordering_key(message, &envelope);
         let event = envelope.into_event(payload);
         if let Err(invalid) = event.validate() {
-            return self.dead_letter(message, &invalid.reason).await;
+            return self.dead_letter(message, &invalid.reason, attempt).await;
+        }
+        if let Err(reason) = key_check {
+            return self.dead_letter(message, &reason, attempt).await;
         }
         if self.faults.before_append(event.event_id, attempt) == Fault::Nack {
-            return Disposition::Nack;
+            return Disposition::Nack("a fault injected before the append".into());
         }
         let appended = match self.store.append(&event).await {
             Ok(a) => a,
             Err(AppendError::Database(e)) => {
                 tracing::warn!(event_id = %event.event_id, "event store: {e}");
-                return Disposition::Nack;
+                return Disposition::Nack(format!("event store: {e}"));
             }
-            Err(e @ (AppendError::Invalid(_) | AppendError::Conflict { .. })) => {
-                return self.dead_letter(message, &e.to_string()).await;
+            Err(
+                e @ (AppendError::Invalid(_)
+                | AppendError::Conflict { .. }
+                | AppendError::Refused { .. }),
+            ) => {
+                return self.dead_letter(message, &e.to_string(), attempt).await;
             }
         };
         match appended {
@@ -425,7 +482,7 @@ impl Core {
             Appended::AlreadyStored => self.stats.already_stored.fetch_add(1, Ordering::Relaxed),
         };
         if self.faults.after_append(event.event_id, attempt) == Fault::Nack {
-            return Disposition::Nack;
+            return Disposition::Nack("a fault injected after the append".into());
         }
         let already_published = self
             .published
@@ -436,11 +493,14 @@ impl Core {
             let merged = Message::new()
                 .set_data(message.data.clone())
                 .set_ordering_key(message.ordering_key.clone())
-                .set_attributes(message.attributes.clone());
+                .set_attributes(envelope::merged_attributes(&message.attributes, &event));
             if let Err(e) = self.merged.publish(merged).await {
                 tracing::warn!(event_id = %event.event_id, "publishing to {}: {e}", self.options.merged_topic);
                 self.merged.resume_publish(message.ordering_key.clone());
-                return Disposition::Nack;
+                return Disposition::Nack(format!(
+                    "publishing to {}: {e}",
+                    self.options.merged_topic
+                ));
             }
             if let Ok(mut set) = self.published.lock() {
                 // Bounded: forgetting only risks a duplicate on merged, which is at-least-once.
@@ -455,19 +515,16 @@ impl Core {
 
     /// Sends bad input to the dead-letter topic with its reason; acks only once that publish
     /// succeeded, so nothing is lost if the dead-letter topic is unavailable.
-    async fn dead_letter(&self, message: &Message, reason: &str) -> Disposition {
-        let mut attributes = message.attributes.clone();
-        attributes.insert(
-            envelope::DEAD_LETTER_REASON.into(),
-            reason.chars().take(1000).collect(),
+    async fn dead_letter(&self, message: &Message, reason: &str, attempt: u32) -> Disposition {
+        let mut attributes = envelope::dead_letter_attributes(
+            &message.attributes,
+            reason,
+            &self.options.subscription,
+            &message.message_id,
         );
         attributes.insert(
-            "dead_letter_source_subscription".into(),
-            self.options.subscription.clone(),
-        );
-        attributes.insert(
-            "dead_letter_source_message_id".into(),
-            message.message_id.clone(),
+            envelope::DEAD_LETTER_DELIVERY_ATTEMPT.into(),
+            attempt.to_string(),
         );
         let dead = Message::new()
             .set_data(message.data.clone())
@@ -480,7 +537,10 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!("publishing to {}: {e}", self.options.dead_letter_topic);
-                Disposition::Nack
+                Disposition::Nack(format!(
+                    "dead-lettering ({reason}) failed: publishing to {}: {e}",
+                    self.options.dead_letter_topic
+                ))
             }
         }
     }

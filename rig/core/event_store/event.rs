@@ -5,10 +5,10 @@ use sqlx::Row;
 use sqlx::mysql::MySqlRow;
 use uuid::Uuid;
 
+use super::storable;
+
 /// The width of the ledger's VARCHAR(255) columns, in characters.
 pub const MAX_FIELD_CHARS: usize = 255;
-/// TIMESTAMP's range ends in January 2038.
-const TIMESTAMP_MAX_YEAR: i32 = 2037;
 
 /// An event to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,26 +70,27 @@ impl NewEvent {
         if self.event_id.is_nil() {
             return Err(invalid("event_id is the nil UUID".into()));
         }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.payload) {
-            return Err(invalid(format!("payload is not valid JSON: {e}")));
+        if let Some(problem) = storable::json_problem(&self.payload) {
+            return Err(invalid(problem));
         }
-        let year = self
-            .created_at
-            .format("%Y")
-            .to_string()
-            .parse::<i32>()
-            .unwrap_or(0);
-        if !(1970..=TIMESTAMP_MAX_YEAR).contains(&year) {
-            return Err(invalid(format!(
-                "created_at {} is outside the TIMESTAMP range (1970–2038)",
-                self.created_at
-            )));
+        if let Some(problem) = storable::timestamp_problem(&self.created_at) {
+            return Err(invalid(problem));
         }
         Ok(())
     }
 
-    /// `None` when `other` is the same event; otherwise which fields differ. Payloads are
-    /// compared as JSON values: MySQL normalises stored JSON (key order, whitespace).
+    /// `created_at` as the ledger keeps it (whole seconds), the value the appends bind.
+    pub fn ledger_created_at(&self) -> DateTime<Utc> {
+        storable::to_ledger_precision(self.created_at)
+    }
+
+    /// `None` when `other` is the same event; otherwise which fields differ.
+    ///
+    /// An event is its `event_id` and everything the ledger keeps of it: `account_id`,
+    /// `aggregate_type`, `aggregate_id` (compared exactly: case, trailing spaces and all, as the
+    /// binary id columns do), `created_at` at the ledger's precision (whole seconds) and the
+    /// payload as a JSON value (MySQL normalises stored JSON: key order, whitespace). Any other
+    /// difference under the same `event_id` is a conflict.
     pub fn differences(&self, other: &NewEvent) -> Option<String> {
         let mut differs = Vec::new();
         if self.account_id != other.account_id {
@@ -111,6 +112,9 @@ impl NewEvent {
             );
         if !same_payload {
             differs.push("payload");
+        }
+        if self.ledger_created_at() != other.ledger_created_at() {
+            differs.push("created_at");
         }
         (!differs.is_empty()).then(|| differs.join(", "))
     }
@@ -200,6 +204,27 @@ mod tests {
                 },
                 "TIMESTAMP range",
             ),
+            (
+                NewEvent {
+                    created_at: DateTime::from_timestamp(0, 0).unwrap(),
+                    ..event()
+                },
+                "TIMESTAMP range",
+            ),
+            (
+                NewEvent {
+                    payload: r#"{"a":"\ud800"}"#.into(),
+                    ..event()
+                },
+                "not valid JSON",
+            ),
+            (
+                NewEvent {
+                    payload: format!("{}{}", "[".repeat(40), "]".repeat(40)),
+                    ..event()
+                },
+                "nested 40 levels",
+            ),
         ];
         for (bad, expected) in cases {
             let err = bad.validate().unwrap_err();
@@ -233,5 +258,15 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(a.differences(&c).as_deref(), Some("aggregate_id, payload"));
+        let later = NewEvent {
+            created_at: a.created_at + chrono::Duration::seconds(1),
+            ..a.clone()
+        };
+        assert_eq!(a.differences(&later).as_deref(), Some("created_at"));
+        let padded = NewEvent {
+            aggregate_id: format!("{} ", a.aggregate_id),
+            ..a.clone()
+        };
+        assert_eq!(a.differences(&padded).as_deref(), Some("aggregate_id"));
     }
 }

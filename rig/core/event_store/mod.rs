@@ -6,6 +6,8 @@
 
 pub mod config;
 mod event;
+pub mod refusal;
+pub mod storable;
 
 use std::collections::{HashMap, HashSet};
 
@@ -45,6 +47,14 @@ pub enum AppendError {
         event_id: uuid::Uuid,
         differs: String,
     },
+    /// The database refused this event's data (see [`refusal::PERMANENT`]): permanent.
+    #[error("the event store refused event {event_id} ({what}): {detail}")]
+    Refused {
+        event_id: uuid::Uuid,
+        what: &'static str,
+        detail: String,
+    },
+    /// The database is unavailable, busy or misconfigured: retry.
     #[error("event store: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -53,6 +63,17 @@ impl AppendError {
     /// Whether retrying the same append could succeed (the database was unavailable, say).
     pub fn is_transient(&self) -> bool {
         matches!(self, AppendError::Database(_))
+    }
+
+    fn from_insert(event_id: uuid::Uuid, error: sqlx::Error) -> Self {
+        match refusal::permanent(&error) {
+            Some(what) => AppendError::Refused {
+                event_id,
+                what,
+                detail: error.to_string(),
+            },
+            None => AppendError::Database(error),
+        }
     }
 }
 
@@ -89,7 +110,7 @@ impl EventStore {
         .bind(&event.aggregate_type)
         .bind(&event.aggregate_id)
         .bind(&event.payload)
-        .bind(event.created_at)
+        .bind(event.ledger_created_at())
         .execute(&self.pool)
         .await;
         match result {
@@ -98,7 +119,7 @@ impl EventStore {
                 let existing = self.find(&[event.event_id]).await?;
                 compare_with_stored(event, existing.get(&event.event_id))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(AppendError::from_insert(event.event_id, e)),
         }
     }
 
@@ -163,7 +184,7 @@ impl EventStore {
                     .push_bind(&e.aggregate_type)
                     .push_bind(&e.aggregate_id)
                     .push_bind(&e.payload)
-                    .push_bind(e.created_at);
+                    .push_bind(e.ledger_created_at());
             });
             match builder.build().execute(&self.pool).await {
                 Ok(_) => {
@@ -183,6 +204,16 @@ impl EventStore {
                         }
                         None => true,
                     });
+                }
+                // One event's data spoils the whole statement: find out which, one by one.
+                Err(e) if refusal::permanent(&e).is_some() => {
+                    for &i in &remaining {
+                        outcomes[i] = Some(match self.append(&events[i]).await {
+                            Err(AppendError::Database(e)) => return Err(e),
+                            outcome => outcome,
+                        });
+                    }
+                    return Ok(());
                 }
                 Err(e) => return Err(e),
             }

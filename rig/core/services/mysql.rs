@@ -10,6 +10,7 @@ use sqlx::{ConnectOptions, Connection};
 
 use super::{ServiceError, find_binary, free_port, wait_until_ready, with_port_retries};
 use crate::process::Service;
+use crate::targets::workdir::{Busy, WorkDir};
 
 pub const SERVER_OVERRIDE: &str = "RIG_MYSQLD";
 pub const INSTALL_DB_OVERRIDE: &str = "RIG_MYSQL_INSTALL_DB";
@@ -85,7 +86,7 @@ impl Engine {
 
     /// A freshly initialised data directory, copied from a per-version template that is built
     /// once per machine (install-db takes ~0.5 s; a copy takes a few ms).
-    fn prepare_datadir(&self, datadir: &Path) -> Result<(), ServiceError> {
+    fn prepare_datadir(&self, datadir: &Path, busy: &Busy) -> Result<(), ServiceError> {
         let io_err = |source| ServiceError::Spawn {
             service: "mariadb-install-db".into(),
             source,
@@ -136,17 +137,26 @@ impl Engine {
                 let _ = std::fs::remove_dir_all(&staging);
             }
         }
-        copy_dir(&template, datadir).map_err(io_err)
+        copy_dir(&template, datadir, busy).map_err(io_err)
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
+/// Copies a directory tree into `to`, which must not exist yet while its parent must: if the
+/// rig's temp dir was removed meanwhile (a signal during start-up), the copy fails instead of
+/// recreating it, unowned, for nobody to remove.
+fn copy_dir(from: &Path, to: &Path, busy: &Busy) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
     for entry in std::fs::read_dir(from)? {
+        if busy.cancelled() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the rig is stopping",
+            ));
+        }
         let entry = entry?;
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
+            copy_dir(&entry.path(), &target, busy)?;
         } else {
             std::fs::copy(entry.path(), target)?;
         }
@@ -154,40 +164,88 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A running server: TCP on loopback for clients, a socket for the rig's root bootstrap.
+/// The rig's privileged account on each server. The datadir template's own accounts (root on
+/// localhost, 127.0.0.1, ::1 and the host name, all without a password) are removed before
+/// the server accepts its first connection: see [`start`].
+pub const ADMIN_USER: &str = "rig_admin";
+
+/// A running server: TCP on loopback for clients, a socket for the rig's bootstrap.
 pub struct MysqlServer {
     pub service: Service,
     pub port: u16,
     pub socket: PathBuf,
+    admin_password: String,
 }
 
 impl MysqlServer {
-    /// Root over the local socket: only the rig uses it, to create users and databases.
-    pub fn root_options(&self) -> MySqlConnectOptions {
+    /// The rig's admin account over the local socket: only the rig uses it, to create users
+    /// and databases.
+    pub fn admin_options(&self) -> MySqlConnectOptions {
         MySqlConnectOptions::new()
             .socket(&self.socket)
-            .username("root")
+            .username(ADMIN_USER)
+            .password(&self.admin_password)
             .disable_statement_logging()
     }
 }
 
-pub async fn start(engine: &Engine, name: &str, dir: &Path) -> Result<MysqlServer, ServiceError> {
-    with_port_retries(|| start_once(engine, name, dir)).await
+/// The accounts a fresh server has: only the rig's admin, with `admin_password`. Run through
+/// `--init-file`, i.e. before the server accepts any connection, so there is no moment when an
+/// account without a password can be used (install-db's root accounts have none).
+fn init_sql(engine: &Engine, admin_password: &str) -> String {
+    let remove_defaults = if engine.is_mariadb() {
+        // Every account but the locked system one that owns the sys views.
+        "DELETE FROM mysql.global_priv WHERE User <> 'mariadb.sys';\nFLUSH PRIVILEGES;\n"
+    } else {
+        "DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1', 'root'@'%';\n\
+         ALTER USER 'root'@'localhost' ACCOUNT LOCK;\n"
+    };
+    format!(
+        "{remove_defaults}CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{admin_password}';\n\
+         GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'%' WITH GRANT OPTION;\n"
+    )
 }
 
-async fn start_once(engine: &Engine, name: &str, dir: &Path) -> Result<MysqlServer, ServiceError> {
+/// Starts a server whose only account is [`ADMIN_USER`] with `admin_password` (hex: it is
+/// written into SQL).
+pub async fn start(
+    engine: &Engine,
+    name: &str,
+    workdir: &WorkDir,
+    admin_password: &str,
+) -> Result<MysqlServer, ServiceError> {
+    with_port_retries(|| start_once(engine, name, workdir, admin_password)).await
+}
+
+async fn start_once(
+    engine: &Engine,
+    name: &str,
+    workdir: &WorkDir,
+    admin_password: &str,
+) -> Result<MysqlServer, ServiceError> {
+    let dir = workdir.path();
     let spawn_err = |source| ServiceError::Spawn {
         service: name.to_string(),
         source,
     };
     let datadir = dir.join(format!("{name}-data"));
+    // Left by an attempt that lost its port to another process: start from the template again.
+    let _ = std::fs::remove_dir_all(&datadir);
     let engine_clone = engine.clone();
     let datadir_clone = datadir.clone();
-    tokio::task::spawn_blocking(move || engine_clone.prepare_datadir(&datadir_clone))
+    let busy = workdir.enter().ok_or_else(|| {
+        spawn_err(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "the rig is stopping",
+        ))
+    })?;
+    tokio::task::spawn_blocking(move || engine_clone.prepare_datadir(&datadir_clone, &busy))
         .await
         .map_err(|e| spawn_err(std::io::Error::other(e)))??;
     let port = free_port().map_err(spawn_err)?;
     let socket = dir.join(format!("{name}.sock"));
+    let init_file = dir.join(format!("{name}-init.sql"));
+    write_owner_only(&init_file, &init_sql(engine, admin_password)).map_err(spawn_err)?;
     let mut command = Command::new(&engine.server);
     command
         .arg("--no-defaults")
@@ -199,6 +257,7 @@ async fn start_once(engine: &Engine, name: &str, dir: &Path) -> Result<MysqlServ
             dir.join(format!("{name}.pid")).display()
         ))
         .arg(format!("--port={port}"))
+        .arg(format!("--init-file={}", init_file.display()))
         .args([
             "--bind-address=127.0.0.1",
             // Without these, --no-defaults gives latin1; Cloud SQL defaults to utf8mb4.
@@ -211,13 +270,17 @@ async fn start_once(engine: &Engine, name: &str, dir: &Path) -> Result<MysqlServ
             "--max-allowed-packet=64M",
             "--max-connections=500",
         ]);
-    let mut service =
+    let service =
         Service::spawn(name, command, &dir.join(format!("{name}.log"))).map_err(spawn_err)?;
-    let options = MySqlConnectOptions::new()
-        .socket(&socket)
-        .username("root")
-        .disable_statement_logging();
-    wait_until_ready(&mut service, Duration::from_secs(60), || {
+    let server = MysqlServer {
+        service,
+        port,
+        socket,
+        admin_password: admin_password.to_string(),
+    };
+    let options = server.admin_options();
+    let mut service = server.service;
+    let ready = wait_until_ready(&mut service, Duration::from_secs(60), || {
         let options = options.clone();
         async move {
             let conn = options.connect().await.map_err(|e| e.to_string())?;
@@ -225,10 +288,22 @@ async fn start_once(engine: &Engine, name: &str, dir: &Path) -> Result<MysqlServ
             Ok(())
         }
     })
-    .await?;
-    Ok(MysqlServer {
-        service,
-        port,
-        socket,
-    })
+    .await;
+    // The server has read it (or failed): the password need not stay on disk.
+    let _ = std::fs::remove_file(&init_file);
+    ready?;
+    Ok(MysqlServer { service, ..server })
+}
+
+/// A file only the rig's user can read (the dir is private too; this is belt and braces).
+fn write_owner_only(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
 }

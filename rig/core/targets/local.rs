@@ -1,19 +1,19 @@
 //! The local target: every service as a child process on a free loopback port, in one temp dir.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sqlx::{ConnectOptions, Connection, Executor};
 
+use super::workdir::WorkDir;
 use super::{Capabilities, Services, Target};
-use crate::event_store::{DbConfig, trusted_sql};
+use crate::event_store::DbConfig;
 use crate::process::Service;
 use crate::provision::{APP_USER, WORKER_USER};
 use crate::pubsub::PubsubImplementation;
 use crate::services::{fake_gcs, mysql, pubsub_emulator};
 
-/// The rig's privileged user on both servers (created over the root socket).
-const ADMIN_USER: &str = "rig_admin";
+/// The rig's privileged user on both servers (the only account a fresh server has).
+const ADMIN_USER: &str = mysql::ADMIN_USER;
 
 pub struct LocalBackbone {
     // Fields drop in order: processes stop before their directory is removed.
@@ -22,11 +22,14 @@ pub struct LocalBackbone {
     pubsub_service: Option<pubsub_service::RunningService>,
     processes: Vec<Service>,
     services: Services,
-    dir: tempfile::TempDir,
+    dir: WorkDir,
 }
 
 const DIR_PREFIX: &str = "backbone-rig-";
 const OWNER_FILE: &str = "rig.pid";
+/// A rig dir without an owner file this old was never finished: the owner file is written
+/// (atomically) microseconds after the dir is made.
+const UNOWNED_GRACE: Duration = Duration::from_secs(60);
 
 /// A rig that was SIGKILLed could not remove its temp dir (its children died with it, see
 /// `process.rs`); the next rig removes such dirs once their owner is gone.
@@ -40,19 +43,41 @@ fn remove_abandoned_dirs() {
             .file_name()
             .to_str()
             .is_some_and(|n| n.starts_with(DIR_PREFIX) && !n.starts_with("backbone-rig-datadir-"));
+        if !is_ours {
+            continue;
+        }
         let owner = std::fs::read_to_string(path.join(OWNER_FILE))
             .ok()
             .and_then(|pid| pid.trim().parse::<u32>().ok());
-        if let (true, Some(pid)) = (is_ours, owner)
-            && !crate::process::process_alive(pid)
-        {
-            tracing::info!(
-                "removing {} left by a rig that was killed (pid {pid})",
-                path.display()
-            );
-            let _ = std::fs::remove_dir_all(&path);
+        match owner {
+            Some(pid) if !crate::process::process_alive(pid) => {
+                tracing::info!(
+                    "removing {} left by a rig that was killed (pid {pid})",
+                    path.display()
+                );
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            Some(_) => {}
+            None => {
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                if age.is_some_and(|age| age > UNOWNED_GRACE) {
+                    tracing::info!("removing {}, which has no owner", path.display());
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+            }
         }
     }
+}
+
+/// The owner file, written to a temporary name and renamed: a reader sees a whole pid or none.
+fn write_owner_file(dir: &std::path::Path) -> std::io::Result<()> {
+    let staging = dir.join(format!("{OWNER_FILE}.tmp"));
+    std::fs::write(&staging, std::process::id().to_string())?;
+    std::fs::rename(&staging, dir.join(OWNER_FILE))
 }
 
 fn secret() -> String {
@@ -67,12 +92,14 @@ impl LocalBackbone {
             );
         }
         remove_abandoned_dirs();
+        // Private: it holds the database sockets and data, and briefly the admin password.
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .context("creating the rig's temp dir")?;
-        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
-            .context("writing the rig's pid file")?;
+        write_owner_file(dir.path()).context("writing the rig's pid file")?;
+        let dir = WorkDir::new(dir);
         let http = crate::storage::http_client()?;
         let google_emulator = pubsub == PubsubImplementation::GoogleEmulator;
         let locate =
@@ -91,6 +118,7 @@ impl LocalBackbone {
         let root = dir.path();
         let timed = |name: &'static str, started: Instant| (name.to_string(), started.elapsed());
         let started = Instant::now();
+        let admin_password = secret();
         // Everything starts at once: the JVM alone takes over a second.
         let (pubsub_started, storage, event_store, primary) = tokio::try_join!(
             async {
@@ -125,11 +153,11 @@ impl LocalBackbone {
                 Ok((r, timed("fake-gcs-server", started)))
             },
             async {
-                let r = mysql::start(&engine, "event-store-db", root).await?;
+                let r = mysql::start(&engine, "event-store-db", &dir, &admin_password).await?;
                 Ok((r, timed("event-store-db", started)))
             },
             async {
-                let r = mysql::start(&engine, "primary-db", root).await?;
+                let r = mysql::start(&engine, "primary-db", &dir, &admin_password).await?;
                 Ok((r, timed("primary-db", started)))
             },
         )?;
@@ -138,23 +166,6 @@ impl LocalBackbone {
         let (event_store, t3) = event_store;
         let (primary, t4) = primary;
 
-        let admin_password = secret();
-        let bootstrap = |server: &mysql::MysqlServer| {
-            let options = server.root_options();
-            let admin_password = admin_password.clone();
-            async move {
-                let mut conn = options.connect().await?;
-                for sql in [
-                    format!("CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{admin_password}'"),
-                    format!("GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'%' WITH GRANT OPTION"),
-                ] {
-                    conn.execute(trusted_sql(sql)).await?;
-                }
-                conn.close().await
-            }
-        };
-        tokio::try_join!(bootstrap(&event_store), bootstrap(&primary))
-            .context("creating the rig's admin account on the database servers")?;
         let account = |port, username: &str, password: String| DbConfig {
             connection: "mysql".into(),
             host: "127.0.0.1".into(),

@@ -11,6 +11,7 @@
 mod env;
 mod gcp;
 mod local;
+pub mod workdir;
 
 use std::fmt;
 use std::path::PathBuf;
