@@ -272,9 +272,11 @@ impl Wiring {
             .subscription(&options.subscription)
             .map(|s| s.topic.clone())
             .ok_or_else(|| anyhow::anyhow!("{} is not in the Terraform", options.subscription))?;
+        // The operators' dead-letter subscription, not the acceptance one: that one only
+        // admits probes (its filter), which a service that applies filters enforces.
         let dead_letters = topology
             .subscriptions_on(&options.dead_letter_topic)
-            .next()
+            .find(|s| !s.is_acceptance())
             .map(|s| s.name.clone())
             .ok_or_else(|| {
                 anyhow::anyhow!(
