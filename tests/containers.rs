@@ -26,10 +26,9 @@ fn engine_or_skip(test: &str) -> bool {
     match containers::engine_version() {
         Ok(_) => true,
         Err(why) => {
-            eprintln!(
+            println!(
                 "SKIPPED {test}: {why}. The containers target needs a Docker engine: start dockerd to run this test"
             );
-            println!("SKIPPED {test}: {why}");
             false
         }
     }
@@ -566,4 +565,42 @@ fn compose_up_prints_an_environment_that_validates() {
         containers_labelled("com.docker.compose.project", &project).is_empty(),
         "compose/up.sh down left containers of {project}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// `--target auto`
+// ---------------------------------------------------------------------------------------------
+
+/// The banner line of `rig validate --target auto` run with `envs`; the run must pass.
+fn validate_auto(envs: &[(&str, &str)]) -> String {
+    let output = the_rig()
+        .args(["validate", "--target", "auto"])
+        .envs(envs.iter().copied())
+        .output()
+        .expect("running rig validate --target auto");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "rig validate --target auto failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find(|l| l.starts_with("target: "))
+        .unwrap_or_else(|| panic!("no banner:\n{stdout}"))
+        .to_string()
+}
+
+/// `auto` takes the local target when no engine answers (here: DOCKER_HOST names nothing), and
+/// the containers target when one does.
+#[test]
+fn auto_takes_containers_when_an_engine_answers_and_local_otherwise() {
+    let banner = validate_auto(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    assert!(banner.starts_with("target: local"), "{banner}");
+    if !engine_or_skip("auto_takes_containers_when_an_engine_answers (the containers half)") {
+        return;
+    }
+    let banner = validate_auto(&[]);
+    assert!(banner.starts_with("target: containers"), "{banner}");
 }
