@@ -16,7 +16,7 @@ PROJECT="${RIG_COMPOSE_PROJECT:-backbone-rig}"
 
 files=(-f "$HERE/compose.yaml")
 pubsub_image=pubsub-emulator
-if [ "${RIG_CONTAINERS_PUBSUB:-emulator}" = service ]; then
+if [ "${RIG_PUBSUB:-google-emulator}" = pubsub-service ]; then
     files+=(-f "$HERE/compose.pubsub-service.yaml")
     pubsub_image=pubsub-service
 fi

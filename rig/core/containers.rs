@@ -24,8 +24,8 @@ pub const LABEL_PID: &str = "backbone-rig.pid";
 pub const LABEL_HOST: &str = "backbone-rig.host";
 pub const LABEL_SERVICE: &str = "backbone-rig.service";
 
-/// Selects the Pub/Sub implementation of the containers target.
-pub const PUBSUB_CHOICE: &str = "RIG_CONTAINERS_PUBSUB";
+/// Selects the Pub/Sub implementation, with the values the local target takes.
+pub const PUBSUB_CHOICE: &str = "RIG_PUBSUB";
 
 /// This process's run id: all containers it starts are labelled with it.
 pub fn run_id() -> &'static str {
@@ -117,10 +117,11 @@ pub enum PubsubImage {
 impl PubsubImage {
     pub fn from_env() -> anyhow::Result<Self> {
         match std::env::var(PUBSUB_CHOICE).as_deref() {
-            Err(_) | Ok("") | Ok("emulator") => Ok(PubsubImage::Emulator),
-            Ok("service") => Ok(PubsubImage::Service),
+            // Google's emulator until our own service's binary is part of every build.
+            Err(_) | Ok("") | Ok("google-emulator") => Ok(PubsubImage::Emulator),
+            Ok("pubsub-service") => Ok(PubsubImage::Service),
             Ok(other) => anyhow::bail!(
-                "{PUBSUB_CHOICE}={other}: expected `emulator` (Google's Pub/Sub emulator) or `service` (rig/pubsub-service)"
+                "{PUBSUB_CHOICE}={other}: expected `google-emulator` (Google's Pub/Sub emulator) or `pubsub-service` (rig/pubsub-service)"
             ),
         }
     }
