@@ -210,17 +210,18 @@ pub fn ensure_reaper() -> anyhow::Result<()> {
             use std::os::unix::process::CommandExt;
             // A zombie still answers `kill -0`: its state line says Z.
             let script = r#"
-pid="$1"; label="$2"
+pid="$1"; label="$2"; docker="$3"
 while kill -0 "$pid" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; do
     sleep 1
 done
-ids="$(docker ps -aq --filter "label=$label")"
-[ -z "$ids" ] || docker rm -f -v $ids >/dev/null 2>&1
+ids="$("$docker" ps -aq --filter "label=$label")"
+[ -z "$ids" ] || "$docker" rm -f -v $ids >/dev/null 2>&1
 "#;
             Command::new("sh")
                 .args(["-c", script, "backbone-rig-reaper"])
                 .arg(std::process::id().to_string())
                 .arg(format!("{LABEL_RUN}={}", run_id()))
+                .arg(std::env::var_os("RIG_DOCKER").unwrap_or_else(|| "docker".into()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
