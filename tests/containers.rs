@@ -458,14 +458,15 @@ fn containers_left_by_a_gone_rig_are_swept_and_live_ones_kept() {
     let abandoned = create(dead_pid, &host, "abandoned");
     let alive = create(std::process::id(), &host, "alive");
     let foreign = create(dead_pid, "another-host", "foreign");
-    let removed = containers::remove_abandoned().expect("the sweep");
+    // Another test process starting a rig may sweep the abandoned one first: either way it
+    // must be gone, and the others must stay.
+    containers::remove_abandoned().expect("the sweep");
     let abandoned_left = container_exists(&abandoned);
     let alive_kept = container_exists(&alive);
     let foreign_kept = container_exists(&foreign);
     let _ = Command::new("docker")
         .args(["rm", "-f", &abandoned, &alive, &foreign])
         .output();
-    assert!(removed >= 1, "the sweep removed nothing");
     assert!(!abandoned_left, "a gone rig's container survived the sweep");
     assert!(alive_kept, "the sweep removed a live rig's container");
     assert!(foreign_kept, "the sweep removed another host's container");
