@@ -31,8 +31,35 @@ if [ ! -d "$DATADIR/mysql" ]; then
     - MYSQL_RANDOM_ROOT_PASSWORD"
     fi
     note "Initializing database files"
-    mariadb-install-db --user=mysql --datadir="$DATADIR" --auth-root-authentication-method=normal \
-        --skip-test-db --skip-name-resolve >/dev/null 2>&1 || fail "mariadb-install-db failed"
+    cp -a /usr/share/mariadb-datadir-template/. "$DATADIR/" || fail "copying the initial datadir failed"
+    chown -R mysql:mysql "$DATADIR"
+    root_password="${MYSQL_ROOT_PASSWORD:-}"
+    if [ -n "${MYSQL_RANDOM_ROOT_PASSWORD:-}" ]; then
+        root_password="$(head -c 18 /dev/urandom | base64)"
+        note "GENERATED ROOT PASSWORD: $root_password"
+    fi
+    rp="$(sql_escape "$root_password")"
+    setup_sql="CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '$rp';
+GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;
+ALTER USER 'root'@'localhost' IDENTIFIED BY '$rp';"
+    if [ -n "${MYSQL_DATABASE:-}" ]; then
+        setup_sql+=$'\n'"CREATE DATABASE IF NOT EXISTS \`${MYSQL_DATABASE}\`;"
+    fi
+    if [ -n "${MYSQL_USER:-}" ] && [ -n "${MYSQL_PASSWORD:-}" ]; then
+        setup_sql+=$'\n'"CREATE USER '$(sql_escape "$MYSQL_USER")'@'%' IDENTIFIED BY '$(sql_escape "$MYSQL_PASSWORD")';"
+        if [ -n "${MYSQL_DATABASE:-}" ]; then
+            setup_sql+=$'\n'"GRANT ALL ON \`${MYSQL_DATABASE}\`.* TO '$(sql_escape "$MYSQL_USER")'@'%';"
+        fi
+    fi
+    if [ -z "$(ls -A /docker-entrypoint-initdb.d 2>/dev/null)" ]; then
+        # Nothing to run on a temporary server: the server applies the setup itself before it
+        # takes connections (--init-file), which saves a start and a shutdown.
+        init_file=/run/mysqld/init.sql
+        (umask 077 && printf '%s\n' "$setup_sql" > "$init_file")
+        chown mysql:mysql "$init_file"
+        note "MySQL init process done. Ready for start up."
+        exec "$@" --init-file="$init_file"
+    fi
     note "Starting temporary server"
     "$@" --skip-networking --socket="$SOCKET" &
     pid=$!
@@ -43,30 +70,7 @@ if [ ! -d "$DATADIR/mysql" ]; then
     done
     note "Temporary server started."
     run_sql() { mariadb --protocol=socket --socket="$SOCKET" -uroot --password="${root_password:-}" "$@"; }
-    root_password="${MYSQL_ROOT_PASSWORD:-}"
-    if [ -n "${MYSQL_RANDOM_ROOT_PASSWORD:-}" ]; then
-        root_password="$(head -c 18 /dev/urandom | base64)"
-        note "GENERATED ROOT PASSWORD: $root_password"
-    fi
-    rp="$(sql_escape "$root_password")"
-    mariadb --protocol=socket --socket="$SOCKET" -uroot <<SQL
-CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '$rp';
-GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;
-ALTER USER 'root'@'localhost' IDENTIFIED BY '$rp';
-FLUSH PRIVILEGES;
-SQL
-    if [ -n "${MYSQL_DATABASE:-}" ]; then
-        note "Creating database ${MYSQL_DATABASE}"
-        run_sql -e "CREATE DATABASE IF NOT EXISTS \`${MYSQL_DATABASE}\`"
-    fi
-    if [ -n "${MYSQL_USER:-}" ] && [ -n "${MYSQL_PASSWORD:-}" ]; then
-        note "Creating user ${MYSQL_USER}"
-        run_sql -e "CREATE USER '$(sql_escape "$MYSQL_USER")'@'%' IDENTIFIED BY '$(sql_escape "$MYSQL_PASSWORD")'"
-        if [ -n "${MYSQL_DATABASE:-}" ]; then
-            note "Giving user ${MYSQL_USER} access to schema ${MYSQL_DATABASE}"
-            run_sql -e "GRANT ALL ON \`${MYSQL_DATABASE}\`.* TO '$(sql_escape "$MYSQL_USER")'@'%'"
-        fi
-    fi
+    mariadb --protocol=socket --socket="$SOCKET" -uroot <<<"$setup_sql" || fail "setting up root, database and user failed"
     for f in /docker-entrypoint-initdb.d/*; do
         [ -e "$f" ] || continue
         case "$f" in

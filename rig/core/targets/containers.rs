@@ -10,7 +10,7 @@ use anyhow::Context;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 use testcontainers::bollard::models::{HostConfig, PortBinding};
-use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
@@ -165,6 +165,9 @@ async fn start_mysql(
         // servers (no TCP) say "port: 0".
         .with_wait_for(WaitFor::message_on_stderr("port: 3306  "))
         .with_env_var("MYSQL_ROOT_PASSWORD", root_password)
+        // The datadir in memory, as the local target's: on the engine's overlay storage InnoDB's
+        // first start took 10x longer (13.7 s against 1.4 s for the stand-in, measured).
+        .with_mount(Mount::tmpfs_mount("/var/lib/mysql"))
         // Flags both engines take: what Cloud SQL's flags and the local target set.
         .with_cmd([
             "--skip-log-bin",
