@@ -29,9 +29,11 @@ struct TargetArgs {
     /// Which environment's Terraform to provision from (infra/terraform/envs/<ENV>).
     #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
     environment: String,
-    /// Where the backbone runs: `local` (emulators + MariaDB/MySQL as processes, started here)
-    /// or `env` (whatever the environment variables point at: a running `rig up`, or real GCP
-    /// with GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_*).
+    /// Where the backbone runs: `local` (emulators + MariaDB/MySQL as processes, started here),
+    /// `containers` (the same services as containers on a Docker engine: docs/containers.md),
+    /// `auto` (containers when a Docker engine answers, else local) or `env` (whatever the
+    /// environment variables point at: a running `rig up`, or real GCP with
+    /// GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_*).
     #[arg(long, default_value = "local", env = "RIG_TARGET")]
     target: TargetKind,
     /// With `--target gcp`: the GCP project (must be the one envs/<ENV>/terraform.tfvars names).
@@ -101,6 +103,28 @@ enum Command {
     /// worker's grants with the migrations). Read-only. Exits 1 on drift, 2 when something
     /// could not be read (or the arguments are refused), 0 when everything matches.
     Drift(DriftArgs),
+    /// Provision services that are already running — the compose stack `compose/up.sh` starts —
+    /// from the Terraform, print the same `export` lines as `rig up`, and exit (the services
+    /// keep running). The databases' root password comes from RIG_MYSQL_ROOT_PASSWORD.
+    Provision {
+        #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
+        environment: String,
+        /// The Pub/Sub emulator, `http://HOST:PORT`.
+        #[arg(long)]
+        pubsub: String,
+        /// fake-gcs-server, `http://HOST:PORT`.
+        #[arg(long)]
+        storage: String,
+        /// The event store's MySQL server, `HOST:PORT`.
+        #[arg(long)]
+        event_store_db: String,
+        /// The primary's MySQL server, `HOST:PORT`.
+        #[arg(long)]
+        primary_db: String,
+        /// Also write the `export` lines to this file.
+        #[arg(long)]
+        env_file: Option<std::path::PathBuf>,
+    },
     /// Print the topology the rig reads from the Terraform.
     Topology {
         #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
@@ -221,6 +245,61 @@ fn load_topology(environment: &str) -> anyhow::Result<Topology> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::listen()?;
     match cli.command {
+        Command::Provision {
+            environment,
+            pubsub,
+            storage,
+            event_store_db,
+            primary_db,
+            env_file,
+        } => {
+            let topology = load_topology(&environment)?;
+            let root_password = std::env::var("RIG_MYSQL_ROOT_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .context("RIG_MYSQL_ROOT_PASSWORD is not set: export the databases' root password (compose/up.sh does)")?;
+            let host_port = |flag: &str, value: &str| {
+                value
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                    .with_context(|| format!("--{flag} {value}: expected HOST:PORT"))
+            };
+            let started = Instant::now();
+            let attached =
+                rig::targets::ContainersBackbone::attach(rig::targets::AttachedServices {
+                    pubsub,
+                    storage,
+                    event_store_db: host_port("event-store-db", &event_store_db)?,
+                    primary_db: host_port("primary-db", &primary_db)?,
+                    root_password,
+                })
+                .await?;
+            let backbone =
+                Backbone::with_target(TargetKind::Containers, Box::new(attached)).await?;
+            let deployment = backbone.deploy(DEFAULT_SCOPE, &topology).await?;
+            let env = &deployment.environment;
+            let exports: Vec<String> = env
+                .env_vars()
+                .iter()
+                .map(|(name, value)| shell_export(name, value))
+                .collect();
+            for line in &exports {
+                println!("{line}");
+            }
+            if let Some(path) = &env_file {
+                write_private(path, &(exports.join("\n") + "\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            eprintln!(
+                "compose stack provisioned in {:.2}s — event store engine: {}",
+                started.elapsed().as_secs_f64(),
+                env.engine
+            );
+            for d in &deployment.divergences {
+                eprintln!("known emulator divergence: {d}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Topology { environment } => {
             println!("{:#?}", load_topology(&environment)?);
             Ok(ExitCode::SUCCESS)
@@ -271,6 +350,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             for (name, pid, log) in backbone.processes() {
                 eprintln!("  {name:<16} pid {pid:<7} log {}", log.display());
+            }
+            for (name, id) in backbone.containers() {
+                eprintln!("  {name:<16} container {id:.12}  (docker logs {id:.12})");
             }
             eprintln!("Ctrl-C or SIGTERM stops everything.");
             let signal = signals.next().await;
@@ -352,7 +434,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     deployment.divergences.clone(),
                 )
                 .await;
-                if !validation.passed() && !backbone.processes().is_empty() {
+                let runs_services =
+                    !backbone.processes().is_empty() || !backbone.containers().is_empty();
+                if !validation.passed() && runs_services {
                     eprintln!("service logs (last lines):\n{}", backbone.log_tails(1500));
                 }
                 Ok::<_, anyhow::Error>(validation)

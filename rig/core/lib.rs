@@ -7,6 +7,7 @@
 
 pub mod acceptance;
 pub mod claim_check;
+pub mod containers;
 pub mod divergence;
 pub mod drift;
 pub mod envelope;

@@ -8,6 +8,7 @@
 //!
 //! Adding a target: one file implementing [`Target`], and one arm in [`Backbone::start`].
 
+mod containers;
 mod env;
 mod gcp;
 mod local;
@@ -17,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use containers::{AttachedServices, ContainersBackbone};
 pub use env::EnvBackbone;
 pub use gcp::{Access, GcpBackbone, GcpOptions};
 pub use local::LocalBackbone;
@@ -37,6 +39,11 @@ pub enum TargetKind {
     /// Application Default Credentials; nothing started, created or changed; prod refused
     /// unless allowed, and then read-only.
     Gcp,
+    /// The same services as containers on a Docker engine (testcontainers); see
+    /// docs/containers.md.
+    Containers,
+    /// `containers` when a Docker engine answers, `local` otherwise (decided at start).
+    Auto,
 }
 
 impl fmt::Display for TargetKind {
@@ -45,6 +52,8 @@ impl fmt::Display for TargetKind {
             TargetKind::Local => "local",
             TargetKind::Env => "environment variables",
             TargetKind::Gcp => "gcp",
+            TargetKind::Containers => "containers",
+            TargetKind::Auto => "auto",
         })
     }
 }
@@ -56,11 +65,11 @@ impl std::str::FromStr for TargetKind {
             "local" => Ok(TargetKind::Local),
             "env" => Ok(TargetKind::Env),
             "gcp" => Ok(TargetKind::Gcp),
-            "containers" => Err(
-                "target `containers` is not available yet: no Docker engine on the machines this was built on (see README, Targets)"
-                    .into(),
-            ),
-            other => Err(format!("unknown target `{other}`: expected `local`, `env` or `gcp`")),
+            "containers" => Ok(TargetKind::Containers),
+            "auto" => Ok(TargetKind::Auto),
+            other => Err(format!(
+                "unknown target `{other}`: expected `local`, `containers`, `auto`, `env` or `gcp`"
+            )),
         }
     }
 }
@@ -125,6 +134,10 @@ pub trait Target: Send + Sync {
     fn log_tails(&self, _max_bytes: u64) -> String {
         String::new()
     }
+    /// Each container the target runs: service name, container id.
+    fn containers(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// A running (or reached) backbone. Dropping it stops everything its target started.
@@ -141,16 +154,40 @@ impl Backbone {
         Self::start_with(kind, pubsub).await
     }
 
-    /// Starts `kind` with the given local Pub/Sub (ignored by targets that start nothing).
+    /// Starts `kind` with the given local Pub/Sub (ignored by targets that start nothing; the
+    /// containers target reads `RIG_PUBSUB` itself, see docs/containers.md).
     pub async fn start_with(
         kind: TargetKind,
         pubsub: PubsubImplementation,
     ) -> anyhow::Result<Self> {
-        let target: Box<dyn Target> = match kind {
-            TargetKind::Local => Box::new(LocalBackbone::start(pubsub).await?),
-            TargetKind::Env => Box::new(EnvBackbone::reach()?),
-            TargetKind::Gcp => Box::new(GcpBackbone::reach(&GcpOptions::from_env()?)?),
+        let (kind, target): (_, Box<dyn Target>) = match kind {
+            TargetKind::Local => (kind, Box::new(LocalBackbone::start(pubsub).await?)),
+            TargetKind::Env => (kind, Box::new(EnvBackbone::reach()?)),
+            TargetKind::Gcp => (
+                kind,
+                Box::new(GcpBackbone::reach(&GcpOptions::from_env()?)?),
+            ),
+            TargetKind::Containers => (kind, Box::new(ContainersBackbone::start().await?)),
+            TargetKind::Auto => match crate::containers::engine_version() {
+                Ok(_) => (
+                    TargetKind::Containers,
+                    Box::new(ContainersBackbone::start().await?),
+                ),
+                Err(why) => {
+                    tracing::info!("target auto: {why}; taking the local target");
+                    (
+                        TargetKind::Local,
+                        Box::new(LocalBackbone::start(pubsub).await?),
+                    )
+                }
+            },
         };
+        Self::with_target(kind, target).await
+    }
+
+    /// A backbone on services someone else started (the compose stack: see
+    /// [`ContainersBackbone::attach`]); provisioned like any other target's.
+    pub async fn with_target(kind: TargetKind, target: Box<dyn Target>) -> anyhow::Result<Self> {
         let backbone = Self { kind, target };
         if backbone.capabilities().provisions {
             crate::provision::accounts(backbone.services())
@@ -227,6 +264,11 @@ impl Backbone {
     /// The last lines of every service's log: attach these to any failure report.
     pub fn log_tails(&self, max_bytes: u64) -> String {
         self.target.log_tails(max_bytes)
+    }
+
+    /// Each container the target runs: service name, container id.
+    pub fn containers(&self) -> Vec<(String, String)> {
+        self.target.containers()
     }
 
     /// Provisions `topology` under `scope` (its own project, databases and bucket) and returns
