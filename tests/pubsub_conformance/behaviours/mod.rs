@@ -1,0 +1,78 @@
+//! The documented Pub/Sub behaviours the suite checks: each with its name, what Google's
+//! documentation promises, the page that promises it, and a check that observes it through the
+//! official client (plus raw gRPC where that client cannot express the request).
+
+mod admin;
+mod delivery;
+mod filters;
+mod limits;
+
+use crate::scope::{Scope, Verdict};
+
+pub struct Behaviour {
+    /// Stable: trial names, the fidelity JSON and docs/fidelity.md key on it.
+    pub name: &'static str,
+    pub expectation: &'static str,
+    pub source: &'static str,
+    pub check: fn(&Scope) -> Verdict,
+}
+
+pub const ORDERING: &str = "https://cloud.google.com/pubsub/docs/ordering";
+pub const DEAD_LETTER: &str = "https://cloud.google.com/pubsub/docs/handling-failures";
+pub const FILTERING: &str = "https://cloud.google.com/pubsub/docs/subscription-message-filter";
+pub const LEASES: &str = "https://cloud.google.com/pubsub/docs/lease-management";
+pub const EXACTLY_ONCE: &str = "https://cloud.google.com/pubsub/docs/exactly-once-delivery";
+pub const LIMITS: &str = "https://cloud.google.com/pubsub/quotas#resource_limits";
+pub const ERROR_CODES: &str = "https://cloud.google.com/pubsub/docs/reference/error-codes";
+pub const RESOURCE_NAMES: &str =
+    "https://cloud.google.com/pubsub/docs/pubsub-basics#resource_names";
+pub const SUBSCRIPTION_API: &str =
+    "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions";
+
+pub fn all() -> Vec<Behaviour> {
+    let mut all = Vec::new();
+    all.extend(delivery::behaviours());
+    all.extend(filters::behaviours());
+    all.extend(limits::behaviours());
+    all.extend(admin::behaviours());
+    all
+}
+
+/// Cases per property-based check: `PROPTEST_CASES`, else a few (each case is a round trip
+/// through a real service).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs a property over generated cases, each checked against the implementation; a failing
+/// case is shrunk a little (each shrink step is another round trip) and reported minimal.
+pub fn property<S>(
+    strategy: S,
+    cases_default: u32,
+    check: impl FnMut(S::Value) -> Verdict,
+) -> Verdict
+where
+    S: proptest::strategy::Strategy,
+    S::Value: std::fmt::Debug,
+{
+    use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+    let config = Config {
+        cases: cases(cases_default),
+        max_shrink_iters: 2,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    // proptest wants `Fn`; the checks count their cases to name each case's resources.
+    let check = std::cell::RefCell::new(check);
+    match runner.run(&strategy, |value| {
+        (check.borrow_mut())(value).map_err(TestCaseError::fail)
+    }) {
+        Ok(()) => Ok(()),
+        Err(TestError::Fail(reason, value)) => Err(format!("{reason} (case {value:?})")),
+        Err(TestError::Abort(reason)) => Err(format!("aborted: {reason}")),
+    }
+}

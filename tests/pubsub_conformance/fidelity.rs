@@ -1,0 +1,285 @@
+//! `docs/fidelity.md`, generated: each run can record its outcomes as JSON, one file per
+//! implementation (`docs/fidelity/<implementation>.json`), and the markdown is a pure function
+//! of those files and the behaviour list. A real-GCP run fills its column the same way.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::behaviours::Behaviour;
+use crate::implementation::{Implementation, repository_root, with_lock};
+
+pub const RECORD_VAR: &str = "RIG_FIDELITY_RECORD";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Divergence,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Results {
+    /// How the implementation is named in the table, with its version where known.
+    pub label: String,
+    pub results: BTreeMap<String, Recorded>,
+}
+
+pub fn recording() -> bool {
+    std::env::var(RECORD_VAR).is_ok_and(|v| v == "1")
+}
+
+fn json_path(implementation: Implementation) -> PathBuf {
+    repository_root()
+        .join("docs/fidelity")
+        .join(format!("{}.json", implementation.id()))
+}
+
+pub fn doc_path() -> PathBuf {
+    repository_root().join("docs/fidelity.md")
+}
+
+pub fn label(implementation: Implementation) -> String {
+    match implementation {
+        Implementation::OurService => "Our service".into(),
+        Implementation::GoogleEmulator => format!(
+            "Google's emulator {}",
+            crate::implementation::emulator_version().unwrap_or_else(|| "(version unknown)".into())
+        ),
+        Implementation::Gcp => "Real Pub/Sub (GCP)".into(),
+    }
+}
+
+fn load(implementation: Implementation) -> Result<Option<Results>, String> {
+    let path = json_path(implementation);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Stores one outcome and regenerates the markdown, under a lock shared by every trial process
+/// of the run.
+pub fn record(
+    implementation: Implementation,
+    behaviour: &str,
+    recorded: Recorded,
+    behaviours: &[Behaviour],
+) -> Result<(), String> {
+    let lock = std::env::temp_dir().join("rig-pubsub-fidelity.lock");
+    with_lock(&lock, || {
+        let mut results = load(implementation)?.unwrap_or_default();
+        results.label = label(implementation);
+        results.results.insert(behaviour.to_string(), recorded);
+        // Behaviours that no longer exist go with the next recording.
+        results
+            .results
+            .retain(|name, _| behaviours.iter().any(|b| b.name == name));
+        let path = json_path(implementation);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())? + "\n";
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let doc = render(behaviours)?;
+        std::fs::write(doc_path(), doc).map_err(|e| format!("{}: {e}", doc_path().display()))
+    })?
+}
+
+/// Why docs/fidelity.md does not match the behaviour list and the recorded results, if it
+/// doesn't.
+pub fn staleness(behaviours: &[Behaviour]) -> Result<(), String> {
+    // The lock keeps a recording run's writes from being read half-done.
+    let lock = std::env::temp_dir().join("rig-pubsub-fidelity.lock");
+    with_lock(&lock, || {
+        // Recording: the page is regenerated from what is recorded (the header or the behaviour
+        // texts may have changed without a re-run).
+        if recording() {
+            let doc = render(behaviours)?;
+            std::fs::write(doc_path(), doc)
+                .map_err(|e| format!("{}: {e}", doc_path().display()))?;
+        }
+        stale_now(behaviours)
+    })?
+}
+
+fn stale_now(behaviours: &[Behaviour]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for implementation in Implementation::ALL {
+        let Some(results) = load(implementation)? else {
+            continue;
+        };
+        let unknown: Vec<&String> = results
+            .results
+            .keys()
+            .filter(|name| !behaviours.iter().any(|b| b.name == name.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            problems.push(format!(
+                "docs/fidelity/{}.json records behaviours that no longer exist: {unknown:?}",
+                implementation.id()
+            ));
+        }
+        if implementation.is_local() {
+            let missing: Vec<&str> = behaviours
+                .iter()
+                .map(|b| b.name)
+                .filter(|name| !results.results.contains_key(*name))
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "docs/fidelity/{}.json has no result for {missing:?}",
+                    implementation.id()
+                ));
+            }
+        }
+    }
+    let wanted = render(behaviours)?;
+    let have = std::fs::read_to_string(doc_path()).unwrap_or_default();
+    if wanted != have {
+        problems.push(
+            "docs/fidelity.md is not what the behaviour list and the recorded results generate"
+                .to_string(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}. Re-run and record: `{RECORD_VAR}=1 cargo nextest run --profile conformance --test pubsub_conformance`",
+            problems.join("; ")
+        ))
+    }
+}
+
+fn cell(implementation: Implementation, results: &Option<Results>, name: &str) -> String {
+    match results.as_ref().and_then(|r| r.results.get(name)) {
+        Some(Recorded {
+            outcome: Outcome::Pass,
+            ..
+        }) => "✅".into(),
+        Some(Recorded {
+            outcome: Outcome::Fail,
+            ..
+        }) => "❌".into(),
+        Some(Recorded {
+            outcome: Outcome::Divergence,
+            ..
+        }) => "⚠️ divergence".into(),
+        None if results.is_none() && implementation == Implementation::Gcp => "not run here".into(),
+        None => "not run".into(),
+    }
+}
+
+pub fn render(behaviours: &[Behaviour]) -> Result<String, String> {
+    let loaded: Vec<(Implementation, Option<Results>)> = Implementation::ALL
+        .iter()
+        .map(|&i| load(i).map(|r| (i, r)))
+        .collect::<Result<_, _>>()?;
+    let mut out = String::new();
+    out.push_str(HEADER);
+    out.push_str("| Behaviour | Expectation |");
+    for (implementation, results) in &loaded {
+        let label = results
+            .as_ref()
+            .map(|r| r.label.clone())
+            .unwrap_or_else(|| label(*implementation));
+        out.push_str(&format!(" {label} |"));
+    }
+    out.push_str(" Source |\n|---|---|");
+    for _ in &loaded {
+        out.push_str("---|");
+    }
+    out.push_str("---|\n");
+    for behaviour in behaviours {
+        out.push_str(&format!(
+            "| `{}` | {} |",
+            behaviour.name,
+            behaviour.expectation.replace('|', "\\|")
+        ));
+        for (implementation, results) in &loaded {
+            out.push_str(&format!(
+                " {} |",
+                cell(*implementation, results, behaviour.name)
+            ));
+        }
+        let page = behaviour
+            .source
+            .trim_start_matches("https://cloud.google.com/pubsub/");
+        out.push_str(&format!(" [{page}]({}) |\n", behaviour.source));
+    }
+    out.push_str("\n## What differs, as observed\n\n");
+    let mut any = false;
+    for (implementation, results) in &loaded {
+        let Some(results) = results else { continue };
+        let notes: Vec<String> = behaviours
+            .iter()
+            .filter_map(|b| {
+                let r = results.results.get(b.name)?;
+                (r.outcome != Outcome::Pass).then(|| {
+                    format!(
+                        "- `{}` ({}): {}\n",
+                        b.name,
+                        match r.outcome {
+                            Outcome::Fail => "fails",
+                            _ => "divergence",
+                        },
+                        r.detail.replace('\n', " ")
+                    )
+                })
+            })
+            .collect();
+        if notes.is_empty() {
+            continue;
+        }
+        any = true;
+        out.push_str(&format!("### {}\n\n", results.label));
+        for note in notes {
+            out.push_str(&note);
+        }
+        out.push('\n');
+        let _ = implementation;
+    }
+    if !any {
+        out.push_str("Nothing: every recorded behaviour passed.\n");
+    }
+    Ok(out)
+}
+
+const HEADER: &str = "# Pub/Sub fidelity: documented behaviours × implementations
+
+<!-- Generated by tests/pubsub_conformance from docs/fidelity/*.json: do not edit by hand. -->
+
+What the conformance suite (`tests/pubsub_conformance/`) observed on each Pub/Sub
+implementation, one row per documented behaviour, with the Google page the expectation comes
+from. ✅ behaves as documented; ❌ does not (a failing test for our service); ⚠️ divergence:
+Google's emulator does not (recorded, never counted as a pass); *not run here*: needs
+credentials.
+
+- Run it: `cargo nextest run --profile conformance --test pubsub_conformance` (one trial per
+  behaviour × implementation, named `<implementation>::<behaviour>`; filter with e.g.
+  `google_emulator::`). The profile runs 12 at a time: the checks mostly wait on ack
+  deadlines. `./x test` runs them too, at the default two at a time.
+- Record a run into `docs/fidelity/<implementation>.json` and regenerate this page:
+  `RIG_FIDELITY_RECORD=1 cargo nextest run --profile conformance --test pubsub_conformance`.
+  `fidelity::doc_is_current` fails when this page is stale against the behaviour list or the
+  recorded results; `RIG_FIDELITY_RECORD=1 cargo nextest run --test pubsub_conformance
+  fidelity::` regenerates it from the recorded results alone.
+- Against real Pub/Sub (creates and deletes only its own `rig-conformance-*` topics and
+  subscriptions): `RIG_TARGET=env GOOGLE_CLOUD_PROJECT=<project> RIG_FIDELITY_RECORD=1 cargo
+  nextest run --test pubsub_conformance gcp::` with Application Default Credentials and no
+  `PUBSUB_EMULATOR_HOST` (`RIG_TARGET=gcp` works too).
+  The dead-letter checks need the Pub/Sub service agent's publish/subscribe grants in that
+  project (see `infra/terraform/modules/backbone/iam_pubsub_service_agent.tf`).
+
+";
