@@ -448,6 +448,8 @@ impl ContainersBackbone {
     /// until each answers, and creates the rig's users; [`Self::deploy`] then provisions them
     /// like any other target's. Nothing is removed on drop: the stack belongs to compose.
     pub async fn attach(services: AttachedServices) -> anyhow::Result<Self> {
+        // The compose stack runs the Pub/Sub `RIG_PUBSUB` names (compose/up.sh sets it).
+        let pubsub_kind = PubsubImage::from_env()?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -481,7 +483,7 @@ impl ContainersBackbone {
             wait_mysql_root(&primary_root, "primary-db", limit, hint("primary-db")),
         )?;
         let services = services_on(
-            PubsubImage::Emulator,
+            pubsub_kind,
             services.pubsub.clone(),
             services.storage.clone(),
             &event_store_root,
@@ -496,7 +498,7 @@ impl ContainersBackbone {
                 mysql: "(compose)".into(),
                 fake_gcs: "(compose)".into(),
                 pubsub: "(compose)".into(),
-                pubsub_kind: PubsubImage::Emulator,
+                pubsub_kind,
             },
             containers: Vec::new(),
         })
