@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
     let pipeline_rate = EVENTS as f64 / pipeline.as_secs_f64();
     println!("event store engine: {}", env.engine);
     println!(
-        "emulator bare receive (1 subscriber, ordered): {bare_rate:>8.0} msg/s  ({:.2}s)",
+        "Pub/Sub bare receive (1 subscriber, ordered):  {bare_rate:>8.0} msg/s  ({:.2}s)",
         bare.as_secs_f64()
     );
     println!(
