@@ -5,7 +5,7 @@
 //! Needs what `./x install` installs (Java + the Pub/Sub emulator, fake-gcs-server, MariaDB).
 
 mod support;
-use support::processes::{ProcStat, descendants, still_running, wait_for};
+use support::processes::{ProcStat, descendants, signal, still_running, wait_exit, wait_for};
 use support::{connect, event, runtime};
 
 use std::collections::{BTreeSet, HashMap};
@@ -110,31 +110,6 @@ fn rig_up() -> RigUp {
         if name == "DB_PASSWORD" {
             return up;
         }
-    }
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) on a child this test started; no memory is involved.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {signal}) failed: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for the rig") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rig did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

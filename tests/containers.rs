@@ -8,6 +8,7 @@
 //! machine builds the images (`compose/images.sh`, a few minutes); later runs reuse them.
 
 mod support;
+use support::processes::signal;
 use support::{connect, dev_topology, runtime};
 
 use std::collections::HashMap;
@@ -325,17 +326,6 @@ fn rig_up_containers() -> RigUp {
             return up;
         }
     }
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) on a child this test started.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {signal}): {}",
-        std::io::Error::last_os_error()
-    );
 }
 
 /// Starts `rig up`, checks its environment reaches the containers, and returns it with the ids

@@ -4,6 +4,7 @@
 //! `tests/local_backbone.rs`.
 
 mod support;
+use support::processes::{signal, wait_exit};
 use support::{connect, deployed, dev_topology};
 
 use std::collections::BTreeSet;
@@ -12,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
 use rig::envelope::{self, ClaimRef};
@@ -469,31 +470,6 @@ fn the_rig() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rig"));
     command.env("RIG_LOG", "rig=info");
     command
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) on a child this test started; no memory is involved.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {signal}): {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for the rig") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rig did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Issue 9, item 8: an env file that exists with mode 0644 is 0600 once passwords are in it.

@@ -1,5 +1,6 @@
 //! What /proc says about processes: the orphan checks of the library and command-line tests.
 
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// A process as /proc shows it: state letter, parent pid and start time (to tell a reused pid
@@ -64,5 +65,32 @@ pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `signal` to a child the test started.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a child this test started; no memory is involved.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {signal}) failed: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Waits for `child` to exit; fails the test after `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the rig") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rig did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
