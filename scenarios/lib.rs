@@ -105,6 +105,22 @@ pub struct ScenarioReport {
     pub figures: Vec<String>,
 }
 
+impl ScenarioReport {
+    /// A scenario this backbone cannot run, and why: reported as skipped, never as a pass.
+    pub fn skipped(scenario: &Scenario, ctx: &Context, why: String) -> Self {
+        ScenarioReport {
+            name: scenario.name,
+            target: ctx.backbone.kind().to_string(),
+            cases: 0,
+            outcome: Outcome::Skipped,
+            took: Duration::ZERO,
+            message: why,
+            divergences: Vec::new(),
+            figures: Vec::new(),
+        }
+    }
+}
+
 /// What one case found besides pass/fail.
 #[derive(Default)]
 pub struct CaseNotes {
@@ -124,6 +140,7 @@ pub struct Scenario {
 pub fn all() -> Vec<Scenario> {
     vec![
         ordering::SCENARIO,
+        ordering::UNDER_PUBSUB_FAULTS,
         dead_letter::ORDERED,
         dead_letter::UNORDERED,
         dead_letter::BAD_INPUT,

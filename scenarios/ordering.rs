@@ -5,7 +5,7 @@
 //! once), each key's rows in `event_store` and messages on `events.merged` are exactly the
 //! key's events in publish order: no gaps, no duplicates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use rig::envelope;
 use rig::event_store::EventStore;
 use rig::producer::Producer;
+use rig::pubsub::PubsubImplementation;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "ordering",
@@ -26,6 +27,81 @@ pub const SCENARIO: Scenario = Scenario {
     default_cases: 3,
     run,
 };
+
+/// The same plans with Pub/Sub at its worst on the worker's subscription: duplicate
+/// deliveries, stream resets, delayed deliveries and lost acks, injected by our Pub/Sub service
+/// (`rig-fault-*` labels, `docs/pubsub-service.md`). Pub/Sub is at-least-once, so repeats on
+/// merged are allowed; nothing else is.
+pub const UNDER_PUBSUB_FAULTS: Scenario = Scenario {
+    name: "ordering_under_pubsub_faults",
+    invariant: "with duplicate deliveries, stream resets, delays and lost acks, each key's rows in event_store are in publish order without gaps or duplicates, and events.merged holds each key's events in publish order (repeats of an event already delivered aside)",
+    default_cases: 3,
+    run: run_under_faults,
+};
+
+/// What our Pub/Sub service is told to do wrong on the worker's subscription, as permilles.
+#[derive(Debug, Clone)]
+pub struct PubsubFaults {
+    seed: u64,
+    duplicate: u16,
+    stream_reset: u16,
+    delay_ms: u16,
+    delay: u16,
+    lost_ack: u16,
+}
+
+/// The official client's default lease (`set_max_lease_extension`), which the worker keeps.
+const CLIENT_LEASE: Duration = Duration::from_secs(60);
+
+/// A lost ack's lease ends this soon (the ack was lost just before its deadline), so the case
+/// sees the redelivery instead of waiting out the client's 60 s lease.
+const LOST_ACK_LEASE: Duration = Duration::from_millis(300);
+
+impl PubsubFaults {
+    fn labels(&self) -> HashMap<String, String> {
+        [
+            ("rig-fault-seed", self.seed.to_string()),
+            ("rig-fault-duplicate-permille", self.duplicate.to_string()),
+            (
+                "rig-fault-stream-reset-permille",
+                self.stream_reset.to_string(),
+            ),
+            ("rig-fault-delay-ms", self.delay_ms.to_string()),
+            ("rig-fault-delay-permille", self.delay.to_string()),
+            ("rig-fault-lost-ack-permille", self.lost_ack.to_string()),
+            (
+                "rig-fault-lost-ack-lease-ms",
+                LOST_ACK_LEASE.as_millis().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Every fault present in every case, at rates that leave a case a few seconds long. A
+/// duplicate's ack can itself be duplicated, so its rate stays well below 1000.
+fn pubsub_faults() -> impl Strategy<Value = PubsubFaults> {
+    (
+        any::<u64>(),
+        100u16..=400,
+        20u16..=150,
+        1u16..=200,
+        100u16..=500,
+        50u16..=250,
+    )
+        .prop_map(
+            |(seed, duplicate, stream_reset, delay_ms, delay, lost_ack)| PubsubFaults {
+                seed,
+                duplicate,
+                stream_reset,
+                delay_ms,
+                delay,
+                lost_ack,
+            },
+        )
+}
 
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -91,12 +167,44 @@ fn failure_rounds(plan: &Plan, key: usize) -> u32 {
 
 fn run(ctx: &Context) -> ScenarioReport {
     property(ctx, &SCENARIO, plan(), |ctx, n, plan| {
-        block_on(ctx, check(ctx, n, plan)).map_err(|e| format!("{e:#}"))?
+        block_on(ctx, check(ctx, n, plan, None)).map_err(|e| format!("{e:#}"))?
     })
 }
 
-async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<CaseNotes, String>> {
-    let env = ctx.deploy(&format!("ordering-{n}")).await?;
+fn run_under_faults(ctx: &Context) -> ScenarioReport {
+    // Only our service injects faults; elsewhere the case would silently be the plain
+    // ordering scenario, so it is not run at all.
+    let pubsub = ctx.backbone.pubsub();
+    if pubsub != PubsubImplementation::PubsubService {
+        return ScenarioReport::skipped(
+            &UNDER_PUBSUB_FAULTS,
+            ctx,
+            format!(
+                "fault injection needs our Pub/Sub service ({pubsub} cannot inject faults): run with RIG_PUBSUB=pubsub-service on the local or containers target"
+            ),
+        );
+    }
+    property(
+        ctx,
+        &UNDER_PUBSUB_FAULTS,
+        (plan(), pubsub_faults()),
+        |ctx, n, (plan, faults)| {
+            block_on(ctx, check(ctx, n, plan, Some(faults))).map_err(|e| format!("{e:#}"))?
+        },
+    )
+}
+
+async fn check(
+    ctx: &Context,
+    n: usize,
+    plan: &Plan,
+    pubsub_faults: Option<&PubsubFaults>,
+) -> anyhow::Result<Result<CaseNotes, String>> {
+    let scope = match pubsub_faults {
+        None => format!("ordering-{n}"),
+        Some(_) => format!("ordering-faults-{n}"),
+    };
+    let env = ctx.deploy(&scope).await?;
     let Wiring {
         options,
         raw_topic,
@@ -116,6 +224,14 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
             "{} delivers without message ordering: per-key order is not guaranteed",
             options.subscription
         )));
+    }
+    if let Some(faults) = pubsub_faults {
+        admin
+            .update_subscription()
+            .set_subscription(live.clone().set_labels(faults.labels()))
+            .set_update_mask(google_cloud_wkt::FieldMask::default().set_paths(["labels"]))
+            .send()
+            .await?;
     }
 
     let mut seq: HashMap<usize, u32> = HashMap::new();
@@ -164,14 +280,22 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
     let total = events.len();
     // Wait for everything, or until nothing moves for longer than the retry policy's longest
     // backoff allows: then the service stopped delivering (see the stall check below).
-    let stall_window = options.block_timeout + Duration::from_secs(5);
+    // A stopped worker's client stops reading its stream: what the service had already sent
+    // on it stays leased until the lease the client asked for runs out, then comes back (as
+    // on the real service). A case that restarts a worker may wait that long.
+    let restart_lease = if plan.restart_after_stored.is_some() {
+        CLIENT_LEASE
+    } else {
+        Duration::ZERO
+    };
+    let stall_window = options.block_timeout + Duration::from_secs(5) + restart_lease;
     let progress = || async {
         let stored = store.count().await.unwrap_or(0) as usize;
         let merged_unique = merged
             .messages()
             .iter()
             .filter_map(event_id_of)
-            .collect::<std::collections::HashSet<_>>()
+            .collect::<HashSet<_>>()
             .len();
         (stored, merged_unique)
     };
@@ -190,8 +314,8 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // A moment more, so late duplicates would be seen.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A moment more, so late duplicates would be seen (and a lost ack's redelivery).
+    tokio::time::sleep(Duration::from_millis(500) + LOST_ACK_LEASE).await;
     let mut stats = Vec::new();
     for w in workers {
         stats.push(w.stop_and_describe().await);
@@ -212,11 +336,17 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
             r.event_id,
         )
     }));
+    // Under injected faults Pub/Sub is at-least-once towards the worker, and a duplicate may
+    // reach the other worker, which has not published it: a repeat on merged is allowed, so
+    // merged is judged on each event's first appearance. The ledger gets no such allowance.
+    let mut first_seen = HashSet::new();
     let delivered = by_key(
         merged
             .iter()
-            .filter_map(|m| Some((m.ordering_key.clone(), event_id_of(m)?))),
+            .filter_map(|m| Some((m.ordering_key.clone(), event_id_of(m)?)))
+            .filter(|(_, id)| pubsub_faults.is_none() || first_seen.insert(*id)),
     );
+    let repeats_on_merged = merged.len() - delivered.values().map(Vec::len).sum::<usize>();
     let mut violations = Vec::new();
     let mut stalled_keys = Vec::new();
     for (key, want) in &expected {
@@ -245,7 +375,17 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         )));
     }
     if stalled_keys.is_empty() {
-        return Ok(Ok(CaseNotes::default()));
+        let figures = match pubsub_faults {
+            None => Vec::new(),
+            Some(f) => vec![format!(
+                "case {n} {f:?}: {repeats_on_merged} repeat(s) on merged; workers: {}",
+                stats.join(" | ")
+            )],
+        };
+        return Ok(Ok(CaseNotes {
+            divergences: Vec::new(),
+            figures,
+        }));
     }
     let divergence = rig::divergence::Divergence {
         service: "pubsub-emulator".into(),

@@ -512,7 +512,11 @@ impl SubscriptionState {
             return false;
         }
         if self.roll(Fault::LostAck) {
-            // The subscriber believes it acked; the lease simply runs out.
+            // The subscriber believes it acked; the lease simply runs out (sooner when the
+            // plan says the ack was lost just before the deadline).
+            if let Some(lease) = self.faults.as_ref().and_then(|f| f.lost_ack_lease) {
+                self.extend(ack_id, now + lease);
+            }
             return true;
         }
         if self.roll(Fault::Duplicate) {
@@ -1410,6 +1414,26 @@ mod tests {
         assert!(pull(&mut b, 1, now + LEASE - Duration::from_millis(1)).is_empty());
         b.tick(now + LEASE);
         assert_eq!(data(&pull(&mut b, 1, now + LEASE)), vec!["m"]);
+    }
+
+    #[test]
+    fn a_lost_ack_with_a_short_lease_comes_back_when_that_lease_ends() {
+        let now = Instant::now();
+        let mut b = with_labels(&[
+            ("rig-fault-lost-ack-permille", "1000"),
+            ("rig-fault-lost-ack-lease-ms", "200"),
+        ]);
+        publish(&mut b, "", "m", now);
+        let got = pull(&mut b, 1, now);
+        let acked = now + Duration::from_millis(50);
+        b.acknowledge(SUB, &[got[0].1.clone()], acked).unwrap();
+        b.tick(acked + Duration::from_millis(199));
+        assert!(pull(&mut b, 1, acked + Duration::from_millis(199)).is_empty());
+        b.tick(acked + Duration::from_millis(200));
+        assert_eq!(
+            data(&pull(&mut b, 1, acked + Duration::from_millis(200))),
+            vec!["m"]
+        );
     }
 
     #[test]

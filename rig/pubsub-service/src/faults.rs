@@ -9,6 +9,7 @@
 //! | `rig-fault-delay-ms` | a published message becomes deliverable this much later |
 //! | `rig-fault-delay-permille` | share of messages delayed (default 1000 when a delay is set) |
 //! | `rig-fault-lost-ack-permille` | an ack is dropped: the message comes back after its deadline |
+//! | `rig-fault-lost-ack-lease-ms` | a dropped ack's lease runs out this much after the ack instead (the ack was lost just before the deadline), so a test sees the redelivery without waiting out the client's lease |
 //!
 //! Label values must be lowercase (Pub/Sub's label rules), hence permille integers. The
 //! sequence of decisions is a pure function of the seed: the same seed and the same order
@@ -25,6 +26,7 @@ pub const STREAM_RESET: &str = "rig-fault-stream-reset-permille";
 pub const DELAY_MS: &str = "rig-fault-delay-ms";
 pub const DELAY: &str = "rig-fault-delay-permille";
 pub const LOST_ACK: &str = "rig-fault-lost-ack-permille";
+pub const LOST_ACK_LEASE_MS: &str = "rig-fault-lost-ack-lease-ms";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultPlan {
@@ -34,6 +36,8 @@ pub struct FaultPlan {
     pub delay: Duration,
     pub delay_permille: u16,
     pub lost_ack_permille: u16,
+    /// When set, a lost ack's lease ends this long after the ack (else at its deadline).
+    pub lost_ack_lease: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +65,19 @@ impl FaultPlan {
             }
         };
         for key in labels.keys().filter(|k| k.starts_with("rig-fault-")) {
-            if ![SEED, DUPLICATE, STREAM_RESET, DELAY_MS, DELAY, LOST_ACK].contains(&key.as_str()) {
+            if ![
+                SEED,
+                DUPLICATE,
+                STREAM_RESET,
+                DELAY_MS,
+                DELAY,
+                LOST_ACK,
+                LOST_ACK_LEASE_MS,
+            ]
+            .contains(&key.as_str())
+            {
                 return Err(ServiceError::invalid(format!(
-                    "unknown fault label {key}; known: {SEED}, {DUPLICATE}, {STREAM_RESET}, {DELAY_MS}, {DELAY}, {LOST_ACK}"
+                    "unknown fault label {key}; known: {SEED}, {DUPLICATE}, {STREAM_RESET}, {DELAY_MS}, {DELAY}, {LOST_ACK}, {LOST_ACK_LEASE_MS}"
                 )));
             }
         }
@@ -83,6 +97,10 @@ impl FaultPlan {
             delay,
             delay_permille,
             lost_ack_permille: permille(LOST_ACK)?,
+            lost_ack_lease: labels
+                .contains_key(LOST_ACK_LEASE_MS)
+                .then(|| number(LOST_ACK_LEASE_MS, 600_000).map(Duration::from_millis))
+                .transpose()?,
         }))
     }
 
