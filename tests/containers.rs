@@ -178,9 +178,15 @@ fn containers_scenarios_pass_or_report_their_divergence() {
         rows.len() >= 7,
         "expected a row per scenario, each on target containers:\n{stdout}"
     );
+    // Only our Pub/Sub service injects faults: on Google's emulator that scenario says it
+    // was skipped, and nothing else may.
+    let on_google_emulator = stdout.contains("pubsub: google-emulator");
     for row in rows {
+        let skipped_for_want_of_faults = on_google_emulator
+            && row.starts_with("ordering_under_pubsub_faults ")
+            && row.contains("SKIPPED");
         assert!(
-            row.contains("PASS") || row.contains("DIVERGENCE"),
+            row.contains("PASS") || row.contains("DIVERGENCE") || skipped_for_want_of_faults,
             "a scenario neither passed nor reported a divergence: {row}"
         );
     }
