@@ -12,19 +12,16 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::fixtures::{self, Aggregate};
-use super::support::{
-    Collector, Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of, wait_for,
-};
+use super::support::{Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use rig::envelope;
-use rig::event_store::EventStore;
-use rig::producer::Producer;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "ordering",
     invariant: "each key's rows in event_store and messages on events.merged are in publish order, without gaps or duplicates",
     default_cases: 3,
     run,
+    not_on_gcp: None,
 };
 
 #[derive(Debug, Clone)]
@@ -96,22 +93,33 @@ fn run(ctx: &Context) -> ScenarioReport {
 }
 
 async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<CaseNotes, String>> {
-    let env = ctx.deploy(&format!("ordering-{n}")).await?;
+    let case = ctx.case(&format!("ordering-{n}")).await?;
+    let env = &case.env;
     let Wiring {
         options,
         raw_topic,
         merged: merged_subscription,
         ..
-    } = Wiring::of(ctx)?;
+    } = case.wiring.clone();
 
     // Per-key order is promised by the subscription's message ordering; the epic requires it.
-    let admin = env.pubsub.subscription_admin().await?;
-    let live = admin
-        .get_subscription()
-        .set_subscription(env.pubsub.subscription_path(&options.subscription))
-        .send()
-        .await?;
-    if !live.enable_message_ordering {
+    // On GCP the worker may not read subscriptions (roles/pubsub.subscriber only consumes):
+    // there the Terraform's setting stands, and `rig drift` compares it with the live one.
+    let ordered = if case.is_shared() {
+        ctx.world
+            .topology
+            .subscription(&options.subscription)
+            .is_some_and(|s| s.enable_message_ordering)
+    } else {
+        let admin = env.pubsub.subscription_admin().await?;
+        admin
+            .get_subscription()
+            .set_subscription(env.pubsub.subscription_path(&options.subscription))
+            .send()
+            .await?
+            .enable_message_ordering
+    };
+    if !ordered {
         return Ok(Err(format!(
             "{} delivers without message ordering: per-key order is not guaranteed",
             options.subscription
@@ -124,7 +132,7 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
     for step in &plan.steps {
         let s = seq.entry(step.key).or_default();
         *s += 1;
-        let event = fixtures::event(&plan.keys[step.key], *s);
+        let event = case.event(&plan.keys[step.key], *s);
         if step.fail_before_append > 0 {
             faults.fail_before_append(event.event_id, Failures::Times(step.fail_before_append));
         }
@@ -141,25 +149,27 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         )
     }));
 
-    let merged = Collector::start(&env, &merged_subscription).await?;
-    Producer::connect(&env, &raw_topic)
+    let merged = case.collector(&merged_subscription).await?;
+    case.producer(&raw_topic)
         .await?
         .publish_all(&events)
         .await?;
 
-    let store = EventStore::connect(&env.event_store, 2).await?;
+    let store = case.ledger().await?;
     let mut workers = Vec::new();
     for _ in 0..plan.workers {
-        workers.push(RunningWorker::start(&env, options.clone(), faults.clone()).await?);
+        workers.push(RunningWorker::start(env, options.clone(), faults.clone()).await?);
     }
     if let Some(after) = plan.restart_after_stored.filter(|a| *a < events.len()) {
-        wait_for(Duration::from_secs(30), || async {
-            store.count().await.unwrap_or(0) as usize >= after
-        })
+        case.wait_for(
+            &format!("{after} stored before the restart"),
+            Duration::from_secs(30),
+            || async { store.count().await.unwrap_or(0) as usize >= after },
+        )
         .await;
         let first = workers.remove(0);
         first.stop().await?;
-        workers.push(RunningWorker::start(&env, options.clone(), faults.clone()).await?);
+        workers.push(RunningWorker::start(env, options.clone(), faults.clone()).await?);
     }
     let total = events.len();
     // Wait for everything, or until nothing moves for longer than the retry policy's longest
@@ -177,6 +187,7 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
     };
     let mut last = progress().await;
     let mut last_change = std::time::Instant::now();
+    let mut next_report = std::time::Instant::now() + Duration::from_secs(30);
     let settled = loop {
         let now = progress().await;
         if now.0 >= total && now.1 >= total {
@@ -187,6 +198,16 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
             last_change = std::time::Instant::now();
         } else if last_change.elapsed() > stall_window {
             break false;
+        }
+        if std::time::Instant::now() >= next_report {
+            next_report += Duration::from_secs(30);
+            case.progress(&format!(
+                "{} of {total} stored, {} of {total} on merged; nothing moved for {}s (gives up after {}s)",
+                now.0,
+                now.1,
+                last_change.elapsed().as_secs(),
+                stall_window.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -199,10 +220,11 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
     let merged = merged.stop().await;
     // With the workers gone, ask the emulator directly what it would hand out now: evidence
     // for telling a stalled stream from lost messages.
-    let unary_pull = if settled || !env.pubsub.is_emulator() {
+    // (Not on a shared acceptance subscription: the pull would lease other runs' messages.)
+    let unary_pull = if settled || !env.pubsub.is_emulator() || case.is_shared() {
         None
     } else {
-        Some(unary_pull_count(&env, &options.subscription).await)
+        Some(unary_pull_count(env, &options.subscription).await)
     };
 
     let rows = store.all().await?;
