@@ -288,5 +288,7 @@ credentials.
   `PUBSUB_EMULATOR_HOST` (`RIG_TARGET=gcp` works too).
   The dead-letter checks need the Pub/Sub service agent's publish/subscribe grants in that
   project (see `infra/terraform/modules/backbone/iam_pubsub_service_agent.tf`).
+- The last part of this page, [Scenarios × implementations](#scenarios--implementations), is
+  the property-based scenarios' results on the same implementations, recorded by their own runs.
 
 ";
