@@ -413,3 +413,53 @@ pub async fn drain(
     }
     Ok(drained)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptance_mode_writes_only_to_an_acceptance_database() {
+        let mode = AcceptanceMode {
+            probe_value: "scenarios-1/ordering-0".into(),
+            databases: vec!["events_acceptance".into()],
+        };
+        assert!(mode.admit_database("events_acceptance").is_ok());
+        let refused = mode.admit_database("events").unwrap_err().to_string();
+        assert!(
+            refused.contains("DB_EVENT_STORE_DATABASE=events_acceptance"),
+            "{refused}"
+        );
+        let none = AcceptanceMode {
+            databases: Vec::new(),
+            ..mode
+        };
+        assert!(none.admit_database("events").is_err());
+    }
+
+    #[test]
+    fn probes_are_told_apart_by_case_and_run() {
+        let attrs = |v: Option<&str>| {
+            v.map(|v| [("backbone_probe".to_string(), v.to_string())].into())
+                .unwrap_or_default()
+        };
+        let judge = |v| belongs(&attrs(v), "backbone_probe", "r1/a-0", "r1/");
+        assert_eq!(judge(Some("r1/a-0")), Belongs::Ours);
+        assert_eq!(judge(Some("r1/b-0")), Belongs::ThisRun);
+        assert_eq!(judge(Some("r2/a-0")), Belongs::OtherRun);
+        assert_eq!(judge(Some("")), Belongs::OtherRun);
+        assert_eq!(judge(None), Belongs::NotProbe);
+    }
+
+    #[test]
+    fn waits_follow_the_retry_policy() {
+        let dev = Topology::of_repository("dev").unwrap();
+        let raw = dev.acceptance_subscription("events.raw").unwrap();
+        // dev: 60 s ack deadline, 1..10 s backoff, 5 attempts.
+        assert_eq!(redelivery_bound(raw), Duration::from_secs(70));
+        assert_eq!(exhaustion_time(raw), Duration::from_secs(1 + 2 + 4 + 8));
+        // No retry policy: redelivered at once.
+        let dlq = dev.acceptance_subscription("events.dlq").unwrap();
+        assert_eq!(redelivery_bound(dlq), Duration::from_secs(60));
+    }
+}

@@ -367,3 +367,12 @@ fn compare_with_stored(
 pub(crate) fn trusted_sql(sql: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(sql)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_prefixes_take_wildcards_literally() {
+        assert_eq!(super::like_prefix("run.case."), "run.case.%");
+        assert_eq!(super::like_prefix(r"a_b%c\"), r"a\_b\%c\\%");
+    }
+}
