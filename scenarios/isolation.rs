@@ -23,6 +23,9 @@ pub const SCENARIO: Scenario = Scenario {
     invariant: "the primary holds exactly its committed work and the event store exactly the appended events; each side's credentials are refused on the other; no transaction crosses",
     default_cases: 3,
     run,
+    not_on_gcp: Some(
+        "it creates a table and commits rows in the SuiteX primary database and needs an event store database of its own; an acceptance run never writes to the primary (`rig validate --target gcp` checks there, without writing, that the worker's credentials are refused on the primary and that the primary is untouched)",
+    ),
 };
 
 #[derive(Debug, Clone)]

@@ -3,9 +3,13 @@
 //! credentials (an [`Environment`]), so the same code runs against any target.
 //!
 //! Each case deploys its own scope (Pub/Sub project, databases, bucket) on the shared
-//! backbone, so scenarios and cases are isolated from each other whatever the order.
+//! backbone, so scenarios and cases are isolated from each other whatever the order. On a
+//! backbone that provisions nothing (GCP's dev and staging) the staging-safe scenarios run on
+//! the fixed acceptance resources instead, each case marked as its own ([`acceptance`]).
 
+pub mod acceptance;
 pub mod dead_letter;
+pub mod fidelity;
 pub mod fixtures;
 pub mod isolation;
 pub mod mutations;
@@ -64,8 +68,11 @@ pub struct Context {
     pub seed: [u8; 32],
     /// Prefix of every scope this run deploys (unique per run and mutation).
     pub scope_prefix: String,
-    /// Shrink a failure to a minimal case (off for mutation tests, which only need the failure).
+    /// Shrink a failure to a minimal case (off for mutation tests, which only need the failure,
+    /// and on GCP, where every try waits on the real service's backoff).
     pub shrink: bool,
+    /// On a backbone that provisions nothing: the acceptance run every case shares.
+    pub acceptance: Option<Arc<acceptance::AcceptanceRun>>,
 }
 
 impl Context {
@@ -89,6 +96,29 @@ impl Context {
         }
         Ok(env)
     }
+
+    /// The world of one case: a freshly deployed scope, or on a shared acceptance backbone the
+    /// fixed acceptance resources with the case's marks ([`support::Case`]).
+    pub async fn case(&self, name: &str) -> anyhow::Result<support::Case> {
+        let Some(run) = &self.acceptance else {
+            let env = self.deploy(name).await?;
+            return Ok(support::Case {
+                name: name.to_string(),
+                env,
+                wiring: support::Wiring::of(self)?,
+                mark: None,
+                patience: None,
+            });
+        };
+        let mark = run.mark(name);
+        Ok(support::Case {
+            name: name.to_string(),
+            env: run.environment.clone(),
+            wiring: support::Wiring::acceptance(self, &mark, &run.databases)?,
+            mark: Some(mark),
+            patience: Some(run.timeout),
+        })
+    }
 }
 
 /// How one scenario ended.
@@ -107,10 +137,10 @@ pub struct ScenarioReport {
 
 impl ScenarioReport {
     /// A scenario this backbone cannot run, and why: reported as skipped, never as a pass.
-    pub fn skipped(scenario: &Scenario, ctx: &Context, why: String) -> Self {
+    pub fn skipped(name: &'static str, target: String, why: String) -> Self {
         ScenarioReport {
-            name: scenario.name,
-            target: ctx.backbone.kind().to_string(),
+            name,
+            target,
             cases: 0,
             outcome: Outcome::Skipped,
             took: Duration::ZERO,
@@ -134,7 +164,14 @@ pub struct Scenario {
     pub invariant: &'static str,
     pub default_cases: u32,
     pub run: fn(&Context) -> ScenarioReport,
+    /// Why it cannot run on the fixed acceptance resources of GCP (it needs resources of
+    /// its own, or writes where an acceptance run may not); `None`: staging-safe.
+    pub not_on_gcp: Option<&'static str>,
 }
+
+/// Cases per scenario on GCP unless `--cases`/`PROPTEST_CASES` says otherwise: each waits on
+/// the real service's backoff (minutes in staging).
+pub const GCP_DEFAULT_CASES: u32 = 1;
 
 /// Every scenario, in the order reports list them.
 pub fn all() -> Vec<Scenario> {
@@ -198,7 +235,12 @@ where
     F: Fn(&Context, usize, &S::Value) -> Result<CaseNotes, String>,
 {
     let started = Instant::now();
-    let cases = ctx.cases.unwrap_or(scenario.default_cases).max(1);
+    let default_cases = if ctx.acceptance.is_some() {
+        GCP_DEFAULT_CASES
+    } else {
+        scenario.default_cases
+    };
+    let cases = ctx.cases.unwrap_or(default_cases).max(1);
     let config = Config {
         cases,
         max_shrink_iters: if ctx.shrink { 24 } else { 0 },
@@ -212,7 +254,22 @@ where
     let counter = std::sync::atomic::AtomicUsize::new(0);
     let result = runner.run(&strategy, |case| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        match check(ctx, n, &case) {
+        let case_started = Instant::now();
+        // On GCP a case takes minutes: say where the run is.
+        if ctx.acceptance.is_some() {
+            eprintln!("  {} case {} of {cases} ...", scenario.name, n + 1);
+        }
+        let verdict = check(ctx, n, &case);
+        if ctx.acceptance.is_some() {
+            eprintln!(
+                "  {} case {}: {} in {}",
+                scenario.name,
+                n + 1,
+                if verdict.is_ok() { "passed" } else { "failed" },
+                rig::report::seconds(case_started.elapsed())
+            );
+        }
+        match verdict {
             Ok(found) => {
                 if let Ok(mut all) = notes.lock() {
                     all.divergences.extend(found.divergences);
@@ -235,9 +292,20 @@ where
         Err(TestError::Fail(reason, case)) => (
             Outcome::Fail,
             format!(
-                "invariant violated: {reason}\nminimal failing case: {case:#?}\nreplay: RIG_SCENARIO_SEED={} PROPTEST_CASES={cases} cargo test --test scenarios -- --exact scenario::{}",
+                "invariant violated: {reason}\n{} failing case: {case:#?}\nreplay: RIG_SCENARIO_SEED={} {}",
+                if ctx.shrink { "minimal" } else { "the" },
                 rig::envelope::hex(&ctx.seed),
-                scenario.name
+                if ctx.acceptance.is_some() {
+                    format!(
+                        "rig scenarios --target gcp --project P --environment E --cases {cases} {}",
+                        scenario.name
+                    )
+                } else {
+                    format!(
+                        "PROPTEST_CASES={cases} cargo test --test scenarios -- --exact scenario::{}",
+                        scenario.name
+                    )
+                }
             ),
         ),
         Err(TestError::Abort(reason)) => (Outcome::Fail, format!("aborted: {reason}")),
@@ -261,17 +329,30 @@ pub struct Runner {
     pub runtime: tokio::runtime::Handle,
     pub seed: [u8; 32],
     pub cases: Option<u32>,
+    /// On a backbone that provisions nothing (GCP): the acceptance run the cases share.
+    pub acceptance: Option<Arc<acceptance::AcceptanceRun>>,
 }
 
 impl Runner {
-    /// Runs one scenario with `world`; a failure is shrunk to a minimal case.
+    /// Runs one scenario with `world`; a failure is shrunk to a minimal case (locally).
     pub fn scenario(
         &self,
         scenario: &Scenario,
         world: World,
         scope_prefix: &str,
     ) -> ScenarioReport {
-        self.run(scenario, world, scope_prefix, true)
+        if self.acceptance.is_some()
+            && let Some(reason) = scenario.not_on_gcp
+        {
+            return self.not_run(scenario.name, format!("not run on GCP: {reason}"));
+        }
+        let shrink = self.acceptance.is_none();
+        self.run(scenario, world, scope_prefix, shrink)
+    }
+
+    /// A report for something this backbone cannot run: never a pass.
+    fn not_run(&self, name: &'static str, message: String) -> ScenarioReport {
+        ScenarioReport::skipped(name, self.backbone.kind().to_string(), message)
     }
 
     fn run(
@@ -289,6 +370,7 @@ impl Runner {
             seed: self.seed,
             scope_prefix: scope_prefix.to_string(),
             shrink,
+            acceptance: self.acceptance.clone(),
         };
         (scenario.run)(&ctx)
     }
@@ -296,6 +378,12 @@ impl Runner {
     /// Runs a mutation: its scenario against the broken world, without shrinking. The
     /// report's outcome is `Pass` when the scenario failed, as it must.
     pub fn mutation(&self, mutation: &mutations::Mutation, world: &World) -> ScenarioReport {
+        if self.acceptance.is_some() {
+            return self.not_run(
+                mutation.name,
+                "not run on GCP: a mutation test deploys a broken copy of the Terraform, the migrations or the wiring, and GCP is deployed by Terraform only".into(),
+            );
+        }
         let started = Instant::now();
         let failed_to_build = |message: String| ScenarioReport {
             name: mutation.name,

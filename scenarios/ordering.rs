@@ -12,13 +12,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::fixtures::{self, Aggregate};
-use super::support::{
-    Collector, Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of, wait_for,
-};
+use super::support::{Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use rig::envelope;
-use rig::event_store::EventStore;
-use rig::producer::Producer;
 use rig::pubsub::PubsubImplementation;
 
 pub const SCENARIO: Scenario = Scenario {
@@ -26,6 +22,7 @@ pub const SCENARIO: Scenario = Scenario {
     invariant: "each key's rows in event_store and messages on events.merged are in publish order, without gaps or duplicates",
     default_cases: 3,
     run,
+    not_on_gcp: None,
 };
 
 /// The same plans with Pub/Sub at its worst on the worker's subscription: duplicate
@@ -37,6 +34,9 @@ pub const UNDER_PUBSUB_FAULTS: Scenario = Scenario {
     invariant: "with duplicate deliveries, stream resets, delays and lost acks, each key's rows in event_store are in publish order without gaps or duplicates, and events.merged holds each key's events in publish order (repeats of an event already delivered aside)",
     default_cases: 3,
     run: run_under_faults,
+    not_on_gcp: Some(
+        "the faults are injected by our Pub/Sub service through subscription labels; real Pub/Sub injects none (and the worker may not relabel the acceptance subscription)",
+    ),
 };
 
 /// What our Pub/Sub service is told to do wrong on the worker's subscription, as permilles.
@@ -177,8 +177,8 @@ fn run_under_faults(ctx: &Context) -> ScenarioReport {
     let pubsub = ctx.backbone.pubsub();
     if pubsub != PubsubImplementation::PubsubService {
         return ScenarioReport::skipped(
-            &UNDER_PUBSUB_FAULTS,
-            ctx,
+            UNDER_PUBSUB_FAULTS.name,
+            ctx.backbone.kind().to_string(),
             format!(
                 "fault injection needs our Pub/Sub service ({pubsub} cannot inject faults): run with RIG_PUBSUB=pubsub-service on the local or containers target"
             ),
@@ -204,31 +204,49 @@ async fn check(
         None => format!("ordering-{n}"),
         Some(_) => format!("ordering-faults-{n}"),
     };
-    let env = ctx.deploy(&scope).await?;
+    let case = ctx.case(&scope).await?;
+    let env = &case.env;
     let Wiring {
         options,
         raw_topic,
         merged: merged_subscription,
         ..
-    } = Wiring::of(ctx)?;
+    } = case.wiring.clone();
 
     // Per-key order is promised by the subscription's message ordering; the epic requires it.
-    let admin = env.pubsub.subscription_admin().await?;
-    let live = admin
-        .get_subscription()
-        .set_subscription(env.pubsub.subscription_path(&options.subscription))
-        .send()
-        .await?;
-    if !live.enable_message_ordering {
+    // On GCP the worker may not read subscriptions (roles/pubsub.subscriber only consumes):
+    // there the Terraform's setting stands, and `rig drift` compares it with the live one.
+    let ordered = if case.is_shared() {
+        ctx.world
+            .topology
+            .subscription(&options.subscription)
+            .is_some_and(|s| s.enable_message_ordering)
+    } else {
+        let admin = env.pubsub.subscription_admin().await?;
+        admin
+            .get_subscription()
+            .set_subscription(env.pubsub.subscription_path(&options.subscription))
+            .send()
+            .await?
+            .enable_message_ordering
+    };
+    if !ordered {
         return Ok(Err(format!(
             "{} delivers without message ordering: per-key order is not guaranteed",
             options.subscription
         )));
     }
     if let Some(faults) = pubsub_faults {
+        let admin = env.pubsub.subscription_admin().await?;
+        let path = env.pubsub.subscription_path(&options.subscription);
+        let live = admin
+            .get_subscription()
+            .set_subscription(path)
+            .send()
+            .await?;
         admin
             .update_subscription()
-            .set_subscription(live.clone().set_labels(faults.labels()))
+            .set_subscription(live.set_labels(faults.labels()))
             .set_update_mask(google_cloud_wkt::FieldMask::default().set_paths(["labels"]))
             .send()
             .await?;
@@ -240,7 +258,7 @@ async fn check(
     for step in &plan.steps {
         let s = seq.entry(step.key).or_default();
         *s += 1;
-        let event = fixtures::event(&plan.keys[step.key], *s);
+        let event = case.event(&plan.keys[step.key], *s);
         if step.fail_before_append > 0 {
             faults.fail_before_append(event.event_id, Failures::Times(step.fail_before_append));
         }
@@ -257,25 +275,27 @@ async fn check(
         )
     }));
 
-    let merged = Collector::start(&env, &merged_subscription).await?;
-    Producer::connect(&env, &raw_topic)
+    let merged = case.collector(&merged_subscription).await?;
+    case.producer(&raw_topic)
         .await?
         .publish_all(&events)
         .await?;
 
-    let store = EventStore::connect(&env.event_store, 2).await?;
+    let store = case.ledger().await?;
     let mut workers = Vec::new();
     for _ in 0..plan.workers {
-        workers.push(RunningWorker::start(&env, options.clone(), faults.clone()).await?);
+        workers.push(RunningWorker::start(env, options.clone(), faults.clone()).await?);
     }
     if let Some(after) = plan.restart_after_stored.filter(|a| *a < events.len()) {
-        wait_for(Duration::from_secs(30), || async {
-            store.count().await.unwrap_or(0) as usize >= after
-        })
+        case.wait_for(
+            &format!("{after} stored before the restart"),
+            Duration::from_secs(30),
+            || async { store.count().await.unwrap_or(0) as usize >= after },
+        )
         .await;
         let first = workers.remove(0);
         first.stop().await?;
-        workers.push(RunningWorker::start(&env, options.clone(), faults.clone()).await?);
+        workers.push(RunningWorker::start(env, options.clone(), faults.clone()).await?);
     }
     let total = events.len();
     // Wait for everything, or until nothing moves for longer than the retry policy's longest
@@ -301,6 +321,7 @@ async fn check(
     };
     let mut last = progress().await;
     let mut last_change = std::time::Instant::now();
+    let mut next_report = std::time::Instant::now() + Duration::from_secs(30);
     let settled = loop {
         let now = progress().await;
         if now.0 >= total && now.1 >= total {
@@ -311,6 +332,16 @@ async fn check(
             last_change = std::time::Instant::now();
         } else if last_change.elapsed() > stall_window {
             break false;
+        }
+        if std::time::Instant::now() >= next_report {
+            next_report += Duration::from_secs(30);
+            case.progress(&format!(
+                "{} of {total} stored, {} of {total} on merged; nothing moved for {}s (gives up after {}s)",
+                now.0,
+                now.1,
+                last_change.elapsed().as_secs(),
+                stall_window.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -323,10 +354,11 @@ async fn check(
     let merged = merged.stop().await;
     // With the workers gone, ask the emulator directly what it would hand out now: evidence
     // for telling a stalled stream from lost messages.
-    let unary_pull = if settled || !env.pubsub.is_emulator() {
+    // (Not on a shared acceptance subscription: the pull would lease other runs' messages.)
+    let unary_pull = if settled || !env.pubsub.is_emulator() || case.is_shared() {
         None
     } else {
-        Some(unary_pull_count(&env, &options.subscription).await)
+        Some(unary_pull_count(env, &options.subscription).await)
     };
 
     let rows = store.all().await?;

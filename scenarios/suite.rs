@@ -1,14 +1,19 @@
 //! `rig scenarios`: the scenarios (and mutation tests) as one run with a results table and,
-//! for CI systems, JUnit XML.
+//! for CI systems, JUnit XML. With `--target gcp` the staging-safe scenarios run on the dev or
+//! staging acceptance resources (see [`crate::acceptance`]); the others are reported as not
+//! run, with the reason.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::acceptance::AcceptanceRun;
+use super::fidelity::{self, Column};
 use super::{Runner, ScenarioReport, World, all, cases_from_env, mutations, seed_from_env};
 use rig::report::{JunitCase, Outcome, Table, junit, seconds};
-use rig::targets::{Backbone, TargetKind};
+use rig::targets::{Access, Backbone, DEFAULT_SCOPE, GcpOptions, TargetKind};
 
 pub struct Options {
     pub environment: String,
@@ -19,6 +24,49 @@ pub struct Options {
     pub mutations: bool,
     pub cases: Option<u32>,
     pub junit: Option<PathBuf>,
+    /// With `--target gcp`: the project (`--project`) and `--allow-prod` (prod is refused
+    /// anyway: it has no acceptance resources).
+    pub gcp: Option<GcpOptions>,
+    /// With `--target gcp`: the longest one wait of a case may take (default from the
+    /// Terraform's retry policy).
+    pub timeout: Option<Duration>,
+    /// With `--target gcp`: how long the final drain waits for nothing more of the run.
+    pub drain: Option<Duration>,
+    /// Record the scenarios' results into docs/fidelity/scenarios/ (`--record-fidelity`, or
+    /// `RIG_FIDELITY_RECORD=1`).
+    pub record_fidelity: bool,
+}
+
+/// Reaches the GCP backbone `options` name, refusing prod, and prepares the acceptance run.
+fn reach_gcp(
+    options: &Options,
+    world: &World,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<(Backbone, AcceptanceRun)> {
+    let gcp = options
+        .gcp
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--target gcp needs --project (or GOOGLE_CLOUD_PROJECT)"))?;
+    let spec = gcp.spec()?;
+    if gcp.admit(&spec)? == Access::ReadOnly {
+        anyhow::bail!(
+            "refusing scenarios on {}: they publish probes and write acceptance rows, and {} has no acceptance resources; `rig drift --allow-prod` reads it without writing",
+            gcp.environment,
+            gcp.environment
+        );
+    }
+    let backbone = Backbone::reach_gcp(&gcp)?;
+    let deployment = runtime
+        .block_on(backbone.deploy(DEFAULT_SCOPE, &world.topology))
+        .context("naming the acceptance resources")?;
+    let run = AcceptanceRun::new(
+        deployment.environment,
+        &world.topology,
+        spec.event_store.acceptance_databases.clone(),
+        options.timeout,
+        options.drain,
+    )?;
+    Ok((backbone, run))
 }
 
 pub fn list() -> String {
@@ -55,28 +103,56 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
         }
     }
     let selected = |name: &str| options.names.is_empty() || options.names.iter().any(|n| n == name);
-    eprintln!("starting the {} backbone...", options.target);
-    let backbone = Arc::new(
-        runtime
+    let (backbone, acceptance) = if options.target == TargetKind::Gcp {
+        eprintln!("reaching the {} backbone in GCP...", options.environment);
+        let (backbone, run) = reach_gcp(options, &world, &runtime)?;
+        (Arc::new(backbone), Some(Arc::new(run)))
+    } else {
+        eprintln!("starting the {} backbone...", options.target);
+        let backbone = runtime
             .block_on(Backbone::start_with(options.target, options.pubsub))
-            .context("starting the backbone")?,
-    );
+            .context("starting the backbone")?;
+        (Arc::new(backbone), None)
+    };
+    // Decided before anything runs: a run that cannot be recorded says so first.
+    let record = options.record_fidelity || fidelity::recording();
+    let column = if record {
+        Some(
+            Column::of(backbone.pubsub(), acceptance.is_some())
+                .map_err(|e| anyhow::anyhow!("--record-fidelity: {e}"))?,
+        )
+    } else {
+        None
+    };
     eprintln!(
         "event store engine: {}   pubsub: {}",
         backbone.engine(),
         backbone.pubsub()
     );
+    if let Some(run) = &acceptance {
+        eprintln!(
+            "acceptance run {}: every message carries {}={}<case>, rows go to {} under account ids {}.<case>.*; each wait up to {}s, then the acceptance subscriptions are drained until nothing of the run arrives for {}s",
+            run.run_id,
+            run.probe_attribute,
+            run.run_prefix(),
+            run.environment.event_store.database,
+            run.run_id,
+            run.timeout.as_secs(),
+            run.drain_quiet.as_secs()
+        );
+    }
     let runner = Runner {
         backbone: backbone.clone(),
-        runtime,
+        runtime: runtime.clone(),
         seed,
         cases,
+        acceptance: acceptance.clone(),
     };
     let mut reports: Vec<(&str, ScenarioReport)> = Vec::new();
     for scenario in all().iter().filter(|s| selected(s.name)) {
         eprintln!("scenario {} ...", scenario.name);
         let report = runner.scenario(scenario, world.clone(), "cli");
-        eprintln!("  {} in {}", report.outcome.label(), seconds(report.took));
+        eprintln!("  {} in {}", label(&report), seconds(report.took));
         reports.push(("scenario", report));
     }
     let run_mutations = options.mutations
@@ -91,17 +167,77 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
         {
             eprintln!("mutation {} ...", mutation.name);
             let report = runner.mutation(mutation, &world);
-            eprintln!("  {} in {}", report.outcome.label(), seconds(report.took));
+            eprintln!("  {} in {}", label(&report), seconds(report.took));
             reports.push(("mutation", report));
         }
     }
+    // Whatever the run left on the acceptance subscriptions is consumed before it ends.
+    let drained = acceptance.as_ref().map(|run| {
+        eprintln!(
+            "draining the acceptance subscriptions (until nothing of {} arrives for {}s)...",
+            run.run_id,
+            run.drain_quiet.as_secs()
+        );
+        runtime.block_on(run.drain(&world.topology))
+    });
     println!(
-        "target: {}   event store engine: {}   pubsub: {}\n",
-        options.target,
+        "target: {}   event store engine: {}   pubsub: {}",
+        backbone.services().target,
         backbone.engine(),
         backbone.pubsub()
     );
+    if let Some(run) = &acceptance {
+        println!(
+            "acceptance run: {}   rows: {} (account ids {}.*)",
+            run.run_id, run.environment.event_store.database, run.run_id
+        );
+    }
+    println!();
     print!("{}", render(&reports));
+    let drained_ok = match &drained {
+        None => true,
+        Some(Ok(subscriptions)) => {
+            println!("\nacceptance subscriptions drained:");
+            for d in subscriptions {
+                println!("  {d}");
+            }
+            true
+        }
+        Some(Err(e)) => {
+            println!(
+                "\nFAILED to drain the acceptance subscriptions: {e:#}; this run's messages may stay there unacknowledged (they expire after the subscription's retention)"
+            );
+            false
+        }
+    };
+    if let Some(column) = column {
+        let scenario_reports: Vec<&ScenarioReport> = reports
+            .iter()
+            .filter(|(kind, _)| *kind == "scenario")
+            .map(|(_, r)| r)
+            .collect();
+        let label = match &acceptance {
+            Some(run) => format!(
+                "`rig scenarios --target gcp` on {} ({}), run {}, {}",
+                options.environment,
+                run.environment.pubsub.project_id,
+                run.run_id,
+                chrono::Utc::now().format("%Y-%m-%d")
+            ),
+            None => format!(
+                "`rig scenarios` on the {} target, event store {}, {}",
+                options.target,
+                backbone.engine(),
+                chrono::Utc::now().format("%Y-%m-%d")
+            ),
+        };
+        fidelity::record(column, &label, &scenario_reports)
+            .map_err(|e| anyhow::anyhow!("recording into docs/fidelity/scenarios: {e}"))?;
+        eprintln!(
+            "recorded into docs/fidelity/scenarios/{}.json and docs/fidelity.md",
+            column.id()
+        );
+    }
     if let Some(path) = &options.junit {
         let cases: Vec<JunitCase> = reports
             .iter()
@@ -128,7 +264,15 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
     }
     drop(runner);
     drop(backbone);
-    Ok(reports.iter().all(|(_, r)| r.outcome != Outcome::Fail))
+    Ok(drained_ok && reports.iter().all(|(_, r)| r.outcome != Outcome::Fail))
+}
+
+/// The result as the table shows it: a scenario this backbone cannot run is NOT RUN.
+fn label(report: &ScenarioReport) -> &'static str {
+    match report.outcome {
+        Outcome::Skipped => "NOT RUN",
+        other => other.label(),
+    }
 }
 
 fn render(reports: &[(&str, ScenarioReport)]) -> String {
@@ -147,7 +291,7 @@ fn render(reports: &[(&str, ScenarioReport)]) -> String {
             (*kind).into(),
             r.target.clone(),
             r.cases.to_string(),
-            r.outcome.label().into(),
+            label(r).into(),
             seconds(r.took),
             {
                 let mut named: Vec<String> = r
@@ -165,6 +309,9 @@ fn render(reports: &[(&str, ScenarioReport)]) -> String {
         if r.outcome == Outcome::Fail {
             out.push_str(&format!("\n{} FAILED:\n{}\n", r.name, r.message));
         }
+        if r.outcome == Outcome::Skipped {
+            out.push_str(&format!("\n{} — {}\n", r.name, r.message));
+        }
         for d in &r.divergences {
             out.push_str(&format!("\n{} — divergence: {d}\n", r.name));
         }
@@ -174,10 +321,11 @@ fn render(reports: &[(&str, ScenarioReport)]) -> String {
     }
     let count = |o: Outcome| reports.iter().filter(|(_, r)| r.outcome == o).count();
     out.push_str(&format!(
-        "\n{} passed, {} failed, {} divergence(s)\n",
+        "\n{} passed, {} failed, {} divergence(s), {} not run\n",
         count(Outcome::Pass),
         count(Outcome::Fail),
-        count(Outcome::Divergence)
+        count(Outcome::Divergence),
+        count(Outcome::Skipped)
     ));
     out
 }

@@ -7,10 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::ShutdownToken;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::acceptance::Mark;
+use super::fixtures::{self, Aggregate};
+use rig::acceptance::{AcceptanceMode, Belongs};
 use rig::environment::Environment;
+use rig::event_store::{EventStore, NewEvent, StoredEvent};
+use rig::producer::Producer;
 use rig::worker::{Fault, Faults, Worker, WorkerOptions, WorkerStats};
 
 /// Polls `done` every 100 ms until it returns true or `limit` passes; returns whether it did.
@@ -93,14 +99,28 @@ pub struct Collector {
     error: Arc<Mutex<Option<String>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    token: ShutdownToken,
 }
 
 impl Collector {
     pub async fn start(env: &Environment, subscription: &str) -> anyhow::Result<Self> {
+        Self::start_marked(env, subscription, None).await
+    }
+
+    /// On a shared acceptance subscription (`mark` given) only the case's messages are kept;
+    /// the rest of this run's are acknowledged too (left over, nobody else wants them), other
+    /// runs' probes are released for them, and copies of real traffic (a service that ignores
+    /// the filter) are acknowledged on this subscription only.
+    pub async fn start_marked(
+        env: &Environment,
+        subscription: &str,
+        mark: Option<Mark>,
+    ) -> anyhow::Result<Self> {
         let subscriber = env.pubsub.subscriber().await?;
         let mut stream = subscriber
             .subscribe(env.pubsub.subscription_path(subscription))
             .build();
+        let token = stream.shutdown_token();
         let messages = Arc::new(Mutex::new(Vec::new()));
         let error = Arc::new(Mutex::new(None));
         let (stop, mut stopped) = watch::channel(false);
@@ -114,6 +134,17 @@ impl Collector {
                 };
                 match next {
                     Some(Ok((message, handler))) => {
+                        match mark.as_ref().map(|m| m.belongs(&message)) {
+                            None | Some(Belongs::Ours) => {}
+                            Some(Belongs::OtherRun) => {
+                                handler.nack();
+                                continue;
+                            }
+                            Some(Belongs::ThisRun | Belongs::NotProbe) => {
+                                handler.ack();
+                                continue;
+                            }
+                        }
                         handler.ack();
                         if let Ok(mut all) = sink.lock() {
                             all.push(message);
@@ -134,6 +165,7 @@ impl Collector {
             error,
             stop,
             task,
+            token,
         })
     }
 
@@ -156,6 +188,9 @@ impl Collector {
     pub async fn stop(self) -> Vec<Message> {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        // The acknowledgements reach the service before this returns: on a shared acceptance
+        // subscription nothing is to stay unacknowledged.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.token.shutdown()).await;
         self.messages.lock().map(|m| m.clone()).unwrap_or_default()
     }
 }
@@ -253,6 +288,7 @@ pub fn block_on<F: Future>(ctx: &super::Context, f: F) -> F::Output {
 }
 
 /// The worker's side of a deployed environment, all read from its Terraform.
+#[derive(Debug, Clone)]
 pub struct Wiring {
     pub options: rig::worker::WorkerOptions,
     /// The topic the worker's subscription reads: where producers publish.
@@ -299,5 +335,179 @@ impl Wiring {
             dead_letters,
             merged,
         })
+    }
+
+    /// The same wiring on the Terraform's acceptance subscriptions (dev and staging): the
+    /// worker in acceptance mode on `events.raw.acceptance`, merged events and dead letters
+    /// read back on `events.merged.acceptance` and `events.dlq.acceptance`. Ordering,
+    /// dead-letter and retry settings are the acceptance subscription's, which the Terraform
+    /// makes the worker's (`acceptance-mirrors-worker`).
+    pub fn acceptance(
+        ctx: &super::Context,
+        mark: &Mark,
+        databases: &[String],
+    ) -> anyhow::Result<Self> {
+        let Wiring {
+            mut options,
+            raw_topic,
+            ..
+        } = Self::of(ctx)?;
+        let topology = &ctx.world.topology;
+        let on = |topic: &str| {
+            topology.acceptance_subscription(topic).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the Terraform declares no acceptance subscription on {topic}: set acceptance_enabled = true (dev and staging)"
+                )
+            })
+        };
+        let raw = on(&raw_topic)?;
+        options.subscription = raw.name.clone();
+        options.max_delivery_attempts = raw.dead_letter.as_ref().map(|d| d.max_delivery_attempts);
+        if let Some(retry) = &raw.retry {
+            options.block_timeout = retry.maximum_backoff + Duration::from_secs(5);
+        }
+        options.acceptance = Some(AcceptanceMode {
+            probe_value: mark.value.clone(),
+            databases: databases.to_vec(),
+        });
+        Ok(Self {
+            dead_letters: on(&options.dead_letter_topic)?.name.clone(),
+            merged: on(&options.merged_topic)?.name.clone(),
+            options,
+            raw_topic,
+        })
+    }
+}
+
+/// One case's world: where it runs, the worker's wiring, and — on a shared acceptance
+/// backbone — what marks its messages and rows as its own (`mark`). Locally every case has
+/// its own scope and no mark, and each method is the plain thing.
+pub struct Case {
+    /// Unique within the run (`ordering-0`).
+    pub name: String,
+    pub env: Environment,
+    pub wiring: Wiring,
+    pub mark: Option<Mark>,
+    /// On a shared backbone: the longest one wait may take (the local limit is the floor).
+    pub(crate) patience: Option<Duration>,
+}
+
+impl Case {
+    /// Whether this case shares its backbone (GCP's acceptance resources).
+    pub fn is_shared(&self) -> bool {
+        self.mark.is_some()
+    }
+
+    /// The `seq`-th change of `aggregate` (see [`fixtures::event`]), its account id marked.
+    pub fn event(&self, aggregate: &Aggregate, seq: u32) -> NewEvent {
+        let mut event = fixtures::event(aggregate, seq);
+        if let Some(mark) = &self.mark {
+            event.account_id = mark.account(&event.account_id);
+        }
+        event
+    }
+
+    /// `message` with the case's probe attribute, for a scenario that publishes by hand.
+    pub fn marked(&self, mut message: Message) -> Message {
+        if let Some(mark) = &self.mark {
+            message
+                .attributes
+                .insert(mark.attribute.clone(), mark.value.clone());
+        }
+        message
+    }
+
+    /// A producer on `topic` whose every message carries the case's probe attribute.
+    pub async fn producer(&self, topic: &str) -> anyhow::Result<Producer> {
+        let producer = Producer::connect(&self.env, topic).await?;
+        Ok(match &self.mark {
+            Some(mark) => producer.with_attribute(&mark.attribute, &mark.value),
+            None => producer,
+        })
+    }
+
+    /// Collects the case's messages on `subscription` (see [`Collector::start_marked`]).
+    pub async fn collector(&self, subscription: &str) -> anyhow::Result<Collector> {
+        Collector::start_marked(&self.env, subscription, self.mark.clone()).await
+    }
+
+    /// The case's rows in the event store (on a shared ledger: its accounts only).
+    pub async fn ledger(&self) -> anyhow::Result<Ledger> {
+        Ok(Ledger {
+            store: EventStore::connect(&self.env.event_store, 2).await?,
+            account_prefix: self.mark.as_ref().map(|m| m.account_prefix.clone()),
+        })
+    }
+
+    /// `local`, or on a shared backbone the run's patience if that is longer.
+    pub fn limit(&self, local: Duration) -> Duration {
+        self.patience.map_or(local, |p| p.max(local))
+    }
+
+    /// [`wait_for`] up to [`Case::limit`]`(local)`; on a shared backbone it says every 30 s
+    /// what it is waiting for.
+    pub async fn wait_for<F, Fut>(&self, what: &str, local: Duration, done: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let limit = self.limit(local);
+        if !self.is_shared() {
+            return wait_for(limit, done).await;
+        }
+        let started = Instant::now();
+        let name = self.name.clone();
+        let what = what.to_string();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                eprintln!(
+                    "    {name}: waiting for {what} ({}s of at most {}s)",
+                    started.elapsed().as_secs(),
+                    limit.as_secs()
+                );
+            }
+        });
+        let reached = wait_for(limit, done).await;
+        ticker.abort();
+        reached
+    }
+
+    /// Says what a case waits for, on a shared backbone only (for loops of their own).
+    pub fn progress(&self, line: &str) {
+        if self.is_shared() {
+            eprintln!("    {}: {line}", self.name);
+        }
+    }
+}
+
+/// The event store as one case sees it: on a shared ledger only the rows of the case's
+/// accounts, so earlier runs' rows (the ledger is append-only) never count.
+pub struct Ledger {
+    store: EventStore,
+    account_prefix: Option<String>,
+}
+
+impl Ledger {
+    pub async fn count(&self) -> Result<i64, sqlx::Error> {
+        match &self.account_prefix {
+            None => self.store.count().await,
+            Some(prefix) => self.store.count_with_account_prefix(prefix).await,
+        }
+    }
+
+    pub async fn all(&self) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        match &self.account_prefix {
+            None => self.store.all().await,
+            Some(prefix) => self.store.all_with_account_prefix(prefix).await,
+        }
+    }
+
+    /// The stored rows for these event ids (unique random UUIDs: no other case has them).
+    pub async fn find(
+        &self,
+        event_ids: &[uuid::Uuid],
+    ) -> Result<HashMap<uuid::Uuid, StoredEvent>, sqlx::Error> {
+        self.store.find(event_ids).await
     }
 }

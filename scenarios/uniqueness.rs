@@ -10,20 +10,18 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::fixtures::{self, Aggregate};
-use super::support::{
-    Collector, FaultPlan, RunningWorker, Wiring, block_on, event_id_of, wait_for,
-};
+use super::fixtures::Aggregate;
+use super::support::{FaultPlan, RunningWorker, Wiring, block_on, event_id_of};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use rig::envelope;
-use rig::event_store::{EventStore, NewEvent};
-use rig::producer::Producer;
+use rig::event_store::NewEvent;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "event_id_uniqueness",
     invariant: "exactly one row per event_id under retries, redeliveries and concurrent workers; a conflicting payload is reported, never stored",
     default_cases: 3,
     run,
+    not_on_gcp: None,
 };
 
 #[derive(Debug, Clone)]
@@ -62,21 +60,22 @@ fn run(ctx: &Context) -> ScenarioReport {
 }
 
 async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<CaseNotes, String>> {
-    let env = ctx.deploy(&format!("uniqueness-{n}")).await?;
+    let case = ctx.case(&format!("uniqueness-{n}")).await?;
+    let env = &case.env;
     let Wiring {
         options,
         raw_topic,
         dead_letters: dlq_subscription,
         ..
-    } = Wiring::of(ctx)?;
-    let dlq = Collector::start(&env, &dlq_subscription).await?;
+    } = case.wiring.clone();
+    let dlq = case.collector(&dlq_subscription).await?;
 
     let mut faults = FaultPlan::default();
     let mut originals = Vec::new();
     let mut publishes: Vec<NewEvent> = Vec::new();
     let mut conflicts: HashMap<uuid::Uuid, NewEvent> = HashMap::new();
     for (i, (retries, conflict, crash)) in plan.events.iter().enumerate() {
-        let event = fixtures::event(
+        let event = case.event(
             &Aggregate {
                 account: 2,
                 record: i,
@@ -101,21 +100,30 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         originals.push(event);
     }
     let faults = Arc::new(faults);
-    Producer::connect(&env, &raw_topic)
+    case.producer(&raw_topic)
         .await?
         .publish_all(&publishes)
         .await?;
-    let store = EventStore::connect(&env.event_store, 2).await?;
+    let store = case.ledger().await?;
     let mut workers = Vec::new();
     for _ in 0..plan.workers {
-        workers.push(RunningWorker::start(&env, options.clone(), faults.clone()).await?);
+        workers.push(RunningWorker::start(env, options.clone(), faults.clone()).await?);
     }
     let expected_rows = originals.len();
     // Each conflict ends on the DLQ or, with a broken ledger, as an extra row: wait for the total.
-    let settled = wait_for(Duration::from_secs(30), || async {
-        store.count().await.unwrap_or(0) as usize + dlq.len() >= expected_rows + conflicts.len()
-    })
-    .await;
+    let settled = case
+        .wait_for(
+            &format!(
+                "{expected_rows} stored and {} conflict(s) dead-lettered",
+                conflicts.len()
+            ),
+            Duration::from_secs(30),
+            || async {
+                store.count().await.unwrap_or(0) as usize + dlq.len()
+                    >= expected_rows + conflicts.len()
+            },
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for w in workers {
         let _ = w.stop().await;
@@ -183,7 +191,10 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         Ok(Ok(CaseNotes::default()))
     } else {
         if !settled {
-            violations.push("did not settle within 30s".into());
+            violations.push(format!(
+                "did not settle within {}s",
+                case.limit(Duration::from_secs(30)).as_secs()
+            ));
         }
         Ok(Err(violations.join("; ")))
     }

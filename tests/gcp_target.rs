@@ -1,7 +1,8 @@
-//! `--target gcp` end to end except authentication: a local backbone stands in for GCP (the
-//! emulator and fake-gcs-server at overridden endpoints, provisioned from the dev Terraform
-//! under the project the Terraform names; MariaDB with the acceptance database), and the real
-//! `rig validate --target gcp` runs against it.
+//! `--target gcp` end to end except authentication: a local backbone stands in for GCP (our
+//! Pub/Sub service and fake-gcs-server at overridden endpoints, provisioned from the dev
+//! Terraform — acceptance resources included — under the project the Terraform names; MariaDB
+//! with the acceptance database), and the real `rig validate --target gcp` and
+//! `rig scenarios --target gcp` run against it.
 
 mod support;
 
@@ -65,23 +66,35 @@ fn validate_gcp(
     database: &str,
     extra: &[&str],
 ) -> std::process::Output {
+    let mut args = vec!["validate", "--json"];
+    args.extend_from_slice(extra);
+    rig_on_gcp(standin, database, &args)
+}
+
+/// `rig <args> --target gcp --project suitex-dev --environment dev` against the stand-in, the
+/// worker's connection on `database`.
+fn rig_on_gcp(
+    standin: &rig::environment::Environment,
+    database: &str,
+    args: &[&str],
+) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rig"));
+    command.args(args);
     command.args([
-        "validate",
         "--target",
         "gcp",
         "--project",
         PROJECT,
         "--environment",
         "dev",
-        "--json",
     ]);
-    command.args(extra);
     for variable in [
         "PUBSUB_EMULATOR_HOST",
         "STORAGE_EMULATOR_HOST",
         "RIG_TARGET",
         "GOOGLE_CLOUD_PROJECT",
+        "RIG_FIDELITY_RECORD",
+        "PROPTEST_CASES",
     ] {
         command.env_remove(variable);
     }
@@ -105,7 +118,9 @@ fn validate_gcp(
     for (name, value) in standin.primary.env_vars(PRIMARY_PREFIX) {
         command.env(name, value);
     }
-    command.output().expect("running rig validate --target gcp")
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("running rig {args:?} --target gcp: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -241,4 +256,248 @@ async fn the_ordered_dead_letter_check_is_a_divergence_on_the_emulator() {
         other => panic!("outcome {other:?}: {stdout}"),
     }
     drop(backbone);
+}
+
+/// Every message a consumer of `subscription` (in the stand-in's `suitex-dev`) receives within
+/// `window`, acknowledged: `(probe value or "", ...)` per message.
+async fn drain_for(
+    pubsub: &rig::pubsub::PubsubConnection,
+    subscription: &str,
+    attribute: &str,
+    window: std::time::Duration,
+) -> Vec<String> {
+    let subscriber = pubsub.subscriber().await.expect("subscriber");
+    let mut stream = subscriber
+        .subscribe(pubsub.subscription_path(subscription))
+        .build();
+    let token = stream.shutdown_token();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(next)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        let (message, handler) =
+            next.unwrap_or_else(|e| panic!("streaming pull on {subscription}: {e}"));
+        handler.ack();
+        seen.push(
+            message
+                .attributes
+                .get(attribute)
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    token.shutdown().await;
+    seen
+}
+
+async fn count_rows(config: &rig::event_store::DbConfig, account_prefix: Option<&str>) -> i64 {
+    let mut conn = support::connect(config).await;
+    let query = match account_prefix {
+        None => sqlx::query("SELECT COUNT(*) FROM event_store"),
+        Some(prefix) => sqlx::query(
+            "SELECT COUNT(*) FROM event_store WHERE LEFT(account_id, CHAR_LENGTH(?)) = ?",
+        )
+        .bind(prefix.to_string())
+        .bind(prefix.to_string()),
+    };
+    query
+        .fetch_one(&mut conn)
+        .await
+        .expect("counting rows")
+        .try_get(0)
+        .expect("count")
+}
+
+/// Staging acceptance of the scenarios, as `rig scenarios --target gcp` runs it on dev: the
+/// staging-safe scenarios pass through the acceptance resources, the others are reported as
+/// not run (never as passes); no probe reaches the worker's or the operators' subscriptions,
+/// rows land only in `events_acceptance` under the run's account ids, and nothing of the run is
+/// left on the probe-only subscriptions afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn scenarios_on_target_gcp_use_only_the_acceptance_resources_and_leave_nothing_behind() {
+    let (backbone, env) = standin("gcpscenarios").await;
+    let topology = support::dev_topology();
+    let attribute = topology.probe_attribute().expect("probe attribute");
+    let acceptance_db = env.event_store.with_database("events_acceptance");
+    let ledger_before = count_rows(&env.event_store, None).await;
+    let acceptance_before = count_rows(&acceptance_db, None).await;
+
+    let standin_env = env.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        rig_on_gcp(&standin_env, "events_acceptance", &["scenarios"])
+    })
+    .await
+    .expect("scenarios task");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    eprintln!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"))
+            .to_string()
+    };
+    let mut staging_safe = 0;
+    for scenario in scenarios::all() {
+        let row = row(scenario.name);
+        assert!(row.contains(" gcp "), "{row}");
+        match scenario.not_on_gcp {
+            // Our Pub/Sub service has no excused defects: a staging-safe scenario passes.
+            None => {
+                assert!(row.contains("PASS"), "{row}\n{stdout}\n{stderr}");
+                staging_safe += 1;
+            }
+            Some(reason) => {
+                assert!(row.contains("NOT RUN"), "{row}");
+                assert!(
+                    stdout.contains(&format!("{} — not run on GCP: {reason}", scenario.name)),
+                    "{stdout}"
+                );
+            }
+        }
+    }
+    assert!(staging_safe >= 5, "{stdout}");
+    let run_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("acceptance run: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no acceptance run line:\n{stdout}"))
+        .to_string();
+    assert!(
+        stdout.contains("acceptance subscriptions drained:"),
+        "{stdout}"
+    );
+
+    // Rows: only in events_acceptance, all under this run's account ids; the ledger untouched.
+    assert_eq!(count_rows(&env.event_store, None).await, ledger_before);
+    let ours = count_rows(&acceptance_db, Some(&format!("{run_id}."))).await;
+    assert!(ours > 0, "no row of {run_id} in events_acceptance");
+    assert_eq!(
+        count_rows(&acceptance_db, None).await,
+        acceptance_before + ours,
+        "rows in events_acceptance that are not the run's"
+    );
+
+    // Messages: the worker's and the operators' subscriptions never saw a probe; the
+    // probe-only ones hold nothing of the run (read for longer than any redelivery takes).
+    let pubsub = rig::pubsub::PubsubConnection {
+        project_id: PROJECT.into(),
+        ..env.pubsub.clone()
+    };
+    let window = topology
+        .subscriptions
+        .iter()
+        .map(rig::acceptance::redelivery_bound)
+        .max()
+        .expect("subscriptions")
+        + std::time::Duration::from_secs(5);
+    let mut reads = Vec::new();
+    for subscription in &topology.subscriptions {
+        let (pubsub, name, attribute) =
+            (pubsub.clone(), subscription.name.clone(), attribute.clone());
+        reads.push((
+            subscription.clone(),
+            tokio::spawn(async move { drain_for(&pubsub, &name, &attribute, window).await }),
+        ));
+    }
+    let probe_only = |s: &rig::topology::Subscription| {
+        s.is_acceptance() || topology.validation_subscription() == Some(s)
+    };
+    for (subscription, read) in reads {
+        let seen = read.await.expect("read task");
+        if probe_only(&subscription) {
+            let left: Vec<&String> = seen
+                .iter()
+                .filter(|v| v.starts_with(&format!("{run_id}/")))
+                .collect();
+            assert!(
+                left.is_empty(),
+                "{} still held {} message(s) of the run after it ended, e.g. {:?}",
+                subscription.name,
+                left.len(),
+                &left[..left.len().min(5)]
+            );
+        } else {
+            // Nothing else publishes on the stand-in: whatever is here came from the run,
+            // with or without the probe attribute.
+            assert!(
+                seen.is_empty(),
+                "{} message(s) of the acceptance run reached {} (probe values {:?}): its filter keeps probes out, so the run published something unmarked or the filter is not applied",
+                seen.len(),
+                subscription.name,
+                &seen[..seen.len().min(5)]
+            );
+        }
+    }
+    drop(backbone);
+}
+
+/// A stand-in for GCP is never recorded as GCP, and prod is refused before anything is reached.
+#[test]
+fn scenarios_on_target_gcp_refuse_prod_and_do_not_record_a_standin_as_gcp() {
+    let prod = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args([
+            "scenarios",
+            "--target",
+            "gcp",
+            "--project",
+            "suitex-prod",
+            "--environment",
+            "prod",
+        ])
+        .env_remove("RIG_TARGET")
+        .output()
+        .expect("running rig scenarios");
+    assert!(!prod.status.success());
+    let stderr = String::from_utf8_lossy(&prod.stderr);
+    assert!(stderr.contains("prod"), "{stderr}");
+
+    let gcp_json = rig::topology::repository_root().join("docs/fidelity/scenarios/gcp.json");
+    let recorded_before = std::fs::read_to_string(&gcp_json).ok();
+    // Endpoints at a stand-in (nothing answers there: the refusal comes first).
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rig"));
+    command
+        .args([
+            "scenarios",
+            "ordering",
+            "--record-fidelity",
+            "--target",
+            "gcp",
+            "--project",
+            PROJECT,
+            "--environment",
+            "dev",
+        ])
+        .env_remove("RIG_TARGET")
+        .env("RIG_GCP_PUBSUB_ENDPOINT", "http://127.0.0.1:9")
+        .env("RIG_GCP_STORAGE_ENDPOINT", "http://127.0.0.1:9")
+        .env("RIG_PUBSUB", "pubsub-service");
+    for (prefix, database) in [
+        (EVENT_STORE_PREFIX, "events_acceptance"),
+        (PRIMARY_PREFIX, "suitex"),
+    ] {
+        for (name, value) in [
+            ("CONNECTION", "mysql"),
+            ("HOST", "127.0.0.1"),
+            ("PORT", "9"),
+            ("DATABASE", database),
+            ("USERNAME", "nobody"),
+            ("PASSWORD", "x"),
+        ] {
+            command.env(format!("{prefix}{name}"), value);
+        }
+    }
+    let output = command.output().expect("running rig scenarios");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not recorded in the GCP column"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&gcp_json).ok(), recorded_before);
 }

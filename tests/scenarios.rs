@@ -5,6 +5,10 @@
 //! One local backbone per test process, started on first use and stopped when the harness
 //! ends (nextest runs each test in its own process, so each gets its own). Each scenario case
 //! deploys its own isolated scope on it.
+//!
+//! `RIG_FIDELITY_RECORD=1` records each scenario's result into the matrix of
+//! `docs/fidelity.md` (the column of the Pub/Sub the backbone runs), and
+//! `fidelity::doc_is_current` fails when that matrix is stale.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -56,8 +60,24 @@ impl Shared {
             runtime: self.runtime.handle().clone(),
             seed: self.seed,
             cases: self.cases,
+            acceptance: None,
         }
     }
+}
+
+/// Records a scenario's result into the matrix when `RIG_FIDELITY_RECORD=1`.
+fn record(backbone: &Backbone, report: &ScenarioReport) -> Result<(), Failed> {
+    if !scenarios::fidelity::recording() {
+        return Ok(());
+    }
+    let column = scenarios::fidelity::Column::of(backbone.pubsub(), false).map_err(Failed::from)?;
+    let label = format!(
+        "`cargo nextest run --test scenarios`, event store {}, {}",
+        backbone.engine(),
+        chrono::Utc::now().format("%Y-%m-%d")
+    );
+    scenarios::fidelity::record(column, &label, &[report])
+        .map_err(|e| Failed::from(format!("recording the result: {e}")))
 }
 
 fn verdict(report: ScenarioReport) -> Result<Completion, Failed> {
@@ -114,7 +134,11 @@ fn main() -> ExitCode {
             move || {
                 let world = shared.world.clone().map_err(Failed::from)?;
                 let backbone = shared.backbone()?;
-                verdict(shared.runner(backbone).scenario(&scenario, world, "t"))
+                let report = shared
+                    .runner(backbone.clone())
+                    .scenario(&scenario, world, "t");
+                record(&backbone, &report)?;
+                verdict(report)
             },
         ));
     }
@@ -129,6 +153,9 @@ fn main() -> ExitCode {
             },
         ));
     }
+    trials.push(Trial::test("fidelity::doc_is_current", || {
+        scenarios::fidelity::staleness().map_err(Failed::from)
+    }));
     let conclusion = libtest_mimic::run(&args, trials);
     // The trials are gone; dropping the last reference stops every process of the backbone.
     if let Ok(shared) = Arc::try_unwrap(shared) {

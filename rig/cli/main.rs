@@ -31,9 +31,11 @@ struct TargetArgs {
     environment: String,
     /// Where the backbone runs: `local` (emulators + MariaDB/MySQL as processes, started here),
     /// `containers` (the same services as containers on a Docker engine: docs/containers.md),
-    /// `auto` (containers when a Docker engine answers, else local) or `env` (whatever the
+    /// `auto` (containers when a Docker engine answers, else local), `env` (whatever the
     /// environment variables point at: a running `rig up`, or real GCP with
-    /// GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_*).
+    /// GOOGLE_CLOUD_PROJECT, Application Default Credentials and DB_EVENT_STORE_*/DB_*) or
+    /// `gcp` (the Terraform's deployment in --project, through its acceptance resources in dev
+    /// and staging: docs/gcp.md).
     #[arg(long, default_value = "local", env = "RIG_TARGET")]
     target: TargetKind,
     /// With `--target gcp`: the GCP project (must be the one envs/<ENV>/terraform.tfvars names).
@@ -92,6 +94,20 @@ enum Command {
         /// Write a JUnit XML report here.
         #[arg(long)]
         junit: Option<std::path::PathBuf>,
+        /// With `--target gcp`: the longest one wait of a case may take, in seconds (default
+        /// from the Terraform's retry policy: 150 in dev, 420 in staging).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// With `--target gcp`: at the end, drain the acceptance subscriptions until nothing of
+        /// this run arrives for this many seconds (default: ack deadline + longest retry
+        /// backoff + 10 s: 80 in dev, 670 in staging).
+        #[arg(long, value_name = "SECONDS")]
+        drain_seconds: Option<u64>,
+        /// Record the scenarios' results into docs/fidelity/scenarios/ and regenerate the
+        /// matrix in docs/fidelity.md (also RIG_FIDELITY_RECORD=1). `--target gcp` records the
+        /// GCP column; a stand-in for GCP is never recorded.
+        #[arg(long)]
+        record_fidelity: bool,
     },
     /// Run the reference ingest worker against the backbone described by the environment
     /// (`rig up`'s variables, or real GCP credentials and DB_EVENT_STORE_*), until Ctrl-C.
@@ -367,7 +383,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mutations,
             cases,
             junit,
+            timeout,
+            drain_seconds,
+            record_fidelity,
         } => {
+            let gcp = match (target.target, &target.project) {
+                (TargetKind::Gcp, Some(project)) => Some(rig::targets::GcpOptions {
+                    project: project.clone(),
+                    environment: target.environment.clone(),
+                    allow_prod: target.allow_prod,
+                }),
+                _ => None,
+            };
             let options = suite::Options {
                 environment: target.environment,
                 target: target.target,
@@ -376,6 +403,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mutations,
                 cases,
                 junit,
+                gcp,
+                timeout: timeout.map(std::time::Duration::from_secs),
+                drain: drain_seconds.map(std::time::Duration::from_secs),
+                record_fidelity,
             };
             if list {
                 print!("{}", suite::list());

@@ -147,3 +147,319 @@ async fn run(env: &Environment, topology: &Topology, timeout: Duration) -> Resul
         }
     }
 }
+
+/// The reference worker's acceptance mode ([`crate::worker::WorkerOptions::acceptance`]): on
+/// an acceptance subscription it processes only the probes whose value is `probe_value` (one
+/// scenario case of one run), releases other probes for the runs they belong to, and writes
+/// only to one of `databases`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptanceMode {
+    /// The probe attribute's value this worker processes.
+    pub probe_value: String,
+    /// Where acceptance rows may go: the Terraform's acceptance databases (`events_acceptance`).
+    pub databases: Vec<String>,
+}
+
+impl AcceptanceMode {
+    /// Refuses a ledger that is not an acceptance database: an acceptance run never writes to
+    /// the real `events`.
+    pub fn admit_database(&self, database: &str) -> anyhow::Result<()> {
+        if self.databases.iter().any(|d| d == database) {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the worker's database is {database:?}: in acceptance mode it writes only to {} (the Terraform's acceptance database), never to the ledger; export DB_EVENT_STORE_DATABASE={}",
+            if self.databases.is_empty() {
+                "an acceptance database, and this environment declares none".to_string()
+            } else {
+                self.databases.join(" or ")
+            },
+            self.databases
+                .first()
+                .map_or("events_acceptance", String::as_str)
+        )
+    }
+}
+
+/// Whose a message on an acceptance subscription is, for one acceptance run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Belongs {
+    /// Exactly the value being looked for (this case).
+    Ours,
+    /// Another case of the same run: left over, nobody else wants it (acknowledge).
+    ThisRun,
+    /// Another run's probe: release it (nack) so that run gets it.
+    OtherRun,
+    /// No probe attribute: a copy of real traffic, which only a service that ignores
+    /// subscription filters delivers here. Acknowledging drops this subscription's copy only.
+    NotProbe,
+}
+
+/// Judges `attributes` against `value` (this case's probe value) and `run_prefix` (what every
+/// probe value of this run starts with).
+pub fn belongs(
+    attributes: &std::collections::HashMap<String, String>,
+    attribute: &str,
+    value: &str,
+    run_prefix: &str,
+) -> Belongs {
+    match attributes.get(attribute) {
+        None => Belongs::NotProbe,
+        Some(v) if v == value => Belongs::Ours,
+        Some(v) if v.starts_with(run_prefix) => Belongs::ThisRun,
+        Some(_) => Belongs::OtherRun,
+    }
+}
+
+/// The longest the service may take to hand a message out again on `subscription`: its ack
+/// deadline (an unacknowledged lease) plus its retry policy's longest backoff (without a
+/// policy Pub/Sub redelivers at once).
+pub fn redelivery_bound(subscription: &crate::topology::Subscription) -> Duration {
+    Duration::from_secs(u64::from(subscription.ack_deadline_seconds))
+        + subscription
+            .retry
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.maximum_backoff)
+}
+
+/// How long a message failing every delivery takes to reach its last attempt on
+/// `subscription`: the backoffs between its attempts, doubling from the minimum up to the
+/// maximum (Pub/Sub's documented exponential backoff; the factor is Google's, so callers
+/// leave a margin).
+pub fn exhaustion_time(subscription: &crate::topology::Subscription) -> Duration {
+    let attempts = subscription
+        .dead_letter
+        .as_ref()
+        .map_or(5, |d| d.max_delivery_attempts);
+    let (minimum, maximum) = subscription
+        .retry
+        .as_ref()
+        .map_or((Duration::ZERO, Duration::ZERO), |r| {
+            (r.minimum_backoff, r.maximum_backoff)
+        });
+    let mut total = Duration::ZERO;
+    let mut backoff = minimum;
+    for _ in 1..attempts {
+        total += backoff.min(maximum);
+        backoff = backoff.saturating_mul(2);
+    }
+    total
+}
+
+/// What [`drain`] found on one acceptance subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drained {
+    pub subscription: String,
+    /// This run's messages, acknowledged.
+    pub acknowledged: u64,
+    /// Other runs' probes, released (nacked) for them.
+    pub released: u64,
+    /// Copies of real traffic (no probe attribute), acknowledged on this subscription only.
+    pub not_probes: u64,
+}
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} of this run acknowledged, {} of other runs released",
+            self.subscription, self.acknowledged, self.released
+        )?;
+        if self.not_probes > 0 {
+            write!(
+                f,
+                ", {} non-probe copies acknowledged (the service does not apply the filter)",
+                self.not_probes
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads every probe-only subscription — the acceptance ones, and the validation subscription,
+/// which receives a copy of every probe published to the raw topic — until nothing of this
+/// run (probe values starting with `run_prefix`) has arrived for `quiet`, acknowledging this
+/// run's messages, releasing other runs' probes and acknowledging non-probe copies: what a
+/// run leaves behind (a late redelivery, a duplicate on merged, the rest of a failed case) is
+/// consumed before it ends. `quiet` should be at least [`redelivery_bound`] of each
+/// subscription; `progress` is called every 30 s with a line to show.
+pub async fn drain(
+    env: &Environment,
+    topology: &Topology,
+    run_prefix: &str,
+    quiet: Duration,
+    progress: impl Fn(String),
+) -> anyhow::Result<Vec<Drained>> {
+    use std::sync::{Arc, Mutex};
+    let attribute = topology
+        .probe_attribute()
+        .ok_or_else(|| anyhow::anyhow!("the Terraform declares no probe attribute"))?;
+    let acceptance: Vec<String> = topology
+        .subscriptions
+        .iter()
+        .filter(|s| s.is_acceptance())
+        .map(|s| s.name.clone())
+        .collect();
+    anyhow::ensure!(
+        !acceptance.is_empty(),
+        "the Terraform declares no acceptance subscriptions: set acceptance_enabled = true"
+    );
+    let names: Vec<String> = acceptance
+        .into_iter()
+        .chain(topology.validation_subscription().map(|s| s.name.clone()))
+        .collect();
+    let subscriber = env.pubsub.subscriber().await?;
+    let last_ours = Arc::new(Mutex::new(Instant::now()));
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for name in &names {
+        let mut stream = subscriber
+            .subscribe(env.pubsub.subscription_path(name))
+            .build();
+        let token = stream.shutdown_token();
+        let counts = Arc::new(Mutex::new(Drained {
+            subscription: name.clone(),
+            ..Drained::default()
+        }));
+        let (attribute, run_prefix) = (attribute.clone(), run_prefix.to_string());
+        let (last_ours, failure, counts_in) = (last_ours.clone(), failure.clone(), counts.clone());
+        let mut stopped = stopped.clone();
+        let name = name.clone();
+        // One task per stream: a stream's next() is not cancelled by other streams' deliveries.
+        let task = tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stopped.changed() => break,
+                    next = stream.next() => next,
+                };
+                let (message, handler) = match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => {
+                        if let Ok(mut f) = failure.lock() {
+                            *f = Some(format!("the stream on {name} failed: {e}"));
+                        }
+                        break;
+                    }
+                    None => break,
+                };
+                // `run_prefix` as the case value too: every message of the run is ours here.
+                let judged = belongs(&message.attributes, &attribute, &run_prefix, &run_prefix);
+                let Ok(mut counts) = counts_in.lock() else {
+                    break;
+                };
+                match judged {
+                    Belongs::Ours | Belongs::ThisRun => {
+                        handler.ack();
+                        counts.acknowledged += 1;
+                        if let Ok(mut last) = last_ours.lock() {
+                            *last = Instant::now();
+                        }
+                    }
+                    Belongs::OtherRun => {
+                        handler.nack();
+                        counts.released += 1;
+                    }
+                    Belongs::NotProbe => {
+                        handler.ack();
+                        counts.not_probes += 1;
+                    }
+                }
+            }
+        });
+        tasks.push((task, token, counts));
+    }
+    let started = Instant::now();
+    let mut next_report = started + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let since = last_ours.lock().map(|l| l.elapsed()).unwrap_or(quiet);
+        let failed = failure.lock().ok().and_then(|f| f.clone());
+        if since >= quiet || failed.is_some() {
+            break;
+        }
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(30);
+            let acknowledged: u64 = tasks
+                .iter()
+                .filter_map(|(_, _, c)| c.lock().ok().map(|c| c.acknowledged))
+                .sum();
+            progress(format!(
+                "draining {}: {acknowledged} message(s) of this run acknowledged; nothing new for {}s of {}s",
+                names.join(", "),
+                since.as_secs(),
+                quiet.as_secs()
+            ));
+        }
+    }
+    let _ = stop.send(true);
+    let mut drained = Vec::new();
+    for (task, token, counts) in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        // Waits for the acks and nacks to reach the service: dropping the stream could lose them.
+        if tokio::time::timeout(Duration::from_secs(10), token.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "acknowledgements on an acceptance subscription were not confirmed within 10s"
+            );
+        }
+        drained.push(counts.lock().map(|c| c.clone()).unwrap_or_default());
+    }
+    drop(subscriber);
+    if let Some(problem) = failure.lock().ok().and_then(|f| f.clone()) {
+        anyhow::bail!("{problem}");
+    }
+    Ok(drained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptance_mode_writes_only_to_an_acceptance_database() {
+        let mode = AcceptanceMode {
+            probe_value: "scenarios-1/ordering-0".into(),
+            databases: vec!["events_acceptance".into()],
+        };
+        assert!(mode.admit_database("events_acceptance").is_ok());
+        let refused = mode.admit_database("events").unwrap_err().to_string();
+        assert!(
+            refused.contains("DB_EVENT_STORE_DATABASE=events_acceptance"),
+            "{refused}"
+        );
+        let none = AcceptanceMode {
+            databases: Vec::new(),
+            ..mode
+        };
+        assert!(none.admit_database("events").is_err());
+    }
+
+    #[test]
+    fn probes_are_told_apart_by_case_and_run() {
+        let attrs = |v: Option<&str>| {
+            v.map(|v| [("backbone_probe".to_string(), v.to_string())].into())
+                .unwrap_or_default()
+        };
+        let judge = |v| belongs(&attrs(v), "backbone_probe", "r1/a-0", "r1/");
+        assert_eq!(judge(Some("r1/a-0")), Belongs::Ours);
+        assert_eq!(judge(Some("r1/b-0")), Belongs::ThisRun);
+        assert_eq!(judge(Some("r2/a-0")), Belongs::OtherRun);
+        assert_eq!(judge(Some("")), Belongs::OtherRun);
+        assert_eq!(judge(None), Belongs::NotProbe);
+    }
+
+    #[test]
+    fn waits_follow_the_retry_policy() {
+        let dev = Topology::of_repository("dev").unwrap();
+        let raw = dev.acceptance_subscription("events.raw").unwrap();
+        // dev: 60 s ack deadline, 1..10 s backoff, 5 attempts.
+        assert_eq!(redelivery_bound(raw), Duration::from_secs(70));
+        assert_eq!(exhaustion_time(raw), Duration::from_secs(1 + 2 + 4 + 8));
+        // No retry policy: redelivered at once.
+        let dlq = dev.acceptance_subscription("events.dlq").unwrap();
+        assert_eq!(redelivery_bound(dlq), Duration::from_secs(60));
+    }
+}

@@ -33,6 +33,8 @@ pub struct Producer {
     bucket: String,
     /// Payloads larger than this many bytes go through the bucket.
     pub threshold: usize,
+    /// Set on every message besides the event's own (an acceptance run's probe attribute).
+    extra_attributes: Vec<(String, String)>,
 }
 
 impl Producer {
@@ -48,7 +50,16 @@ impl Producer {
             storage: env.storage.client().await?,
             bucket: env.bucket.clone(),
             threshold,
+            extra_attributes: Vec::new(),
         })
+    }
+
+    /// Sets `key` to `value` on every message this producer publishes (staging acceptance
+    /// marks every message with the probe attribute, so only probe-only subscriptions see it).
+    pub fn with_attribute(mut self, key: &str, value: &str) -> Self {
+        self.extra_attributes
+            .push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn with_threshold(mut self, bytes: usize) -> Self {
@@ -61,7 +72,7 @@ impl Producer {
     pub async fn publish_all(&self, events: &[NewEvent]) -> anyhow::Result<Vec<String>> {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let message = if event.payload.len() > self.threshold {
+            let mut message = if event.payload.len() > self.threshold {
                 let claim = claim_check::put(&self.storage, &self.bucket, event)
                     .await
                     .with_context(|| format!("claim check for event {}", event.event_id))?;
@@ -69,6 +80,9 @@ impl Producer {
             } else {
                 envelope::inline_message(event)
             };
+            for (key, value) in &self.extra_attributes {
+                message.attributes.insert(key.clone(), value.clone());
+            }
             // publish() only enqueues: calling it in order keeps each key's order.
             pending.push(self.publisher.publish(message));
         }

@@ -107,7 +107,9 @@ fn encode_object_name(name: &str) -> String {
 
 impl StorageConnection {
     /// Deletes an object through the JSON API (the official crate deletes over gRPC, which
-    /// fake-gcs-server does not speak). Used by scenarios to play a lost claim-check object.
+    /// fake-gcs-server does not speak). Used by scenarios to play a lost claim-check object,
+    /// and by staging acceptance to remove the objects it wrote. Against Google the request
+    /// carries Application Default Credentials.
     pub async fn delete_object(
         &self,
         http: &reqwest::Client,
@@ -118,11 +120,29 @@ impl StorageConnection {
             .endpoint
             .as_deref()
             .unwrap_or("https://storage.googleapis.com");
+        let headers = if self.is_emulator() {
+            Default::default()
+        } else {
+            let credentials = google_cloud_auth::credentials::Builder::default()
+                .build()
+                .map_err(|e| StorageError::Credentials(e.to_string()))?;
+            match credentials
+                .headers(Default::default())
+                .await
+                .map_err(|e| StorageError::Credentials(e.to_string()))?
+            {
+                google_cloud_auth::credentials::CacheableResource::New { data, .. } => data,
+                google_cloud_auth::credentials::CacheableResource::NotModified => {
+                    Default::default()
+                }
+            }
+        };
         let response = http
             .delete(format!(
                 "{endpoint}/storage/v1/b/{bucket}/o/{}",
                 encode_object_name(object)
             ))
+            .headers(headers)
             .send()
             .await
             .map_err(|e| StorageError::Request {

@@ -15,7 +15,12 @@
 //!   a delivery attempt of the later message: on an ordered, dead-lettering subscription a key
 //!   that fails 5 times in a row can push a healthy message to the dead-letter topic;
 //! - messages carrying the probe attribute are dropped: on the real service the subscription
-//!   filter keeps them away, the emulator does not apply filters.
+//!   filter keeps them away, the emulator does not apply filters;
+//! - in acceptance mode (`WorkerOptions::acceptance`, staging acceptance on an acceptance
+//!   subscription) it is the other way round: only the probes of one acceptance run are
+//!   processed, other probes are released for their runs, and rows go only to an acceptance
+//!   database. What it publishes keeps the probe attribute, so it reaches only the
+//!   acceptance subscriptions of `events.merged` and `events.dlq`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +64,8 @@ pub struct WorkerOptions {
     /// Check claim-checked payloads against their size and SHA-256. Only the scenarios'
     /// mutation test turns this off, to show the oversized-payload scenario catches it.
     pub verify_claims: bool,
+    /// Staging acceptance: process only this run's probes (see the module docs).
+    pub acceptance: Option<crate::acceptance::AcceptanceMode>,
 }
 
 impl WorkerOptions {
@@ -97,6 +104,7 @@ impl WorkerOptions {
                 .map_or(Duration::from_secs(600), |r| r.maximum_backoff)
                 + Duration::from_secs(5),
             verify_claims: true,
+            acceptance: None,
         })
     }
 }
@@ -133,18 +141,22 @@ pub struct WorkerStats {
     pub nacked: AtomicU64,
     /// Later messages of a blocked key, nacked to come back after the failed one.
     pub deferred: AtomicU64,
+    /// Acceptance mode: messages that were not this run's (other probes released, copies of
+    /// real traffic acknowledged unprocessed).
+    pub not_ours: AtomicU64,
 }
 
 impl WorkerStats {
     pub fn summary(&self) -> String {
         format!(
-            "stored {}, already stored {}, dead-lettered {}, probes dropped {}, nacked {}, deferred {}",
+            "stored {}, already stored {}, dead-lettered {}, probes dropped {}, nacked {}, deferred {}, not ours {}",
             self.stored.load(Ordering::Relaxed),
             self.already_stored.load(Ordering::Relaxed),
             self.dead_lettered.load(Ordering::Relaxed),
             self.probes_dropped.load(Ordering::Relaxed),
             self.nacked.load(Ordering::Relaxed),
             self.deferred.load(Ordering::Relaxed),
+            self.not_ours.load(Ordering::Relaxed),
         )
     }
 }
@@ -183,6 +195,13 @@ impl Worker {
         options: WorkerOptions,
         faults: Arc<dyn Faults>,
     ) -> anyhow::Result<Self> {
+        if let Some(acceptance) = &options.acceptance {
+            anyhow::ensure!(
+                options.probe_attribute.is_some(),
+                "acceptance mode needs the Terraform's probe attribute, and it declares none"
+            );
+            acceptance.admit_database(&env.event_store.database)?;
+        }
         let store = EventStore::connect(&env.event_store, options.connections)
             .await
             .with_context(|| {
@@ -255,15 +274,31 @@ impl Worker {
                 }
                 Some(Ok(delivery)) => delivery,
             };
-            if let Some(attr) = &self.core.options.probe_attribute
-                && message.attributes.contains_key(attr)
-            {
-                self.core
-                    .stats
-                    .probes_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                handler.ack();
-                continue;
+            if let Some(attr) = &self.core.options.probe_attribute {
+                let stats = &self.core.stats;
+                match (&self.core.options.acceptance, message.attributes.get(attr)) {
+                    (None, Some(_)) => {
+                        stats.probes_dropped.fetch_add(1, Ordering::Relaxed);
+                        handler.ack();
+                        continue;
+                    }
+                    (Some(mode), Some(value)) if *value == mode.probe_value => {}
+                    // Another run's (or case's) probe: released for whoever runs it.
+                    (Some(_), Some(_)) => {
+                        stats.not_ours.fetch_add(1, Ordering::Relaxed);
+                        handler.nack();
+                        continue;
+                    }
+                    // Real traffic on an acceptance subscription (a service that ignores the
+                    // filter): this copy is not the worker's to store; the worker subscription
+                    // has its own.
+                    (Some(_), None) => {
+                        stats.not_ours.fetch_add(1, Ordering::Relaxed);
+                        handler.ack();
+                        continue;
+                    }
+                    (None, None) => {}
+                }
             }
             if message.ordering_key.is_empty() {
                 let core = self.core.clone();

@@ -1,6 +1,8 @@
 //! `docs/fidelity.md`, generated: each run can record its outcomes as JSON, one file per
 //! implementation (`docs/fidelity/<implementation>.json`), and the markdown is a pure function
 //! of those files and the behaviour list. A real-GCP run fills its column the same way.
+//! The page's last part, from `scenarios::fidelity::MARKER` on, is the scenario matrix, which
+//! `scenarios/fidelity.rs` generates: this suite writes and checks only what comes before it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -91,9 +93,16 @@ pub fn record(
         }
         let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())? + "\n";
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let doc = render(behaviours)?;
-        std::fs::write(doc_path(), doc).map_err(|e| format!("{}: {e}", doc_path().display()))
+        write_doc(behaviours)
     })?
+}
+
+/// Writes this suite's part of the page, keeping the scenario section after it as it is.
+fn write_doc(behaviours: &[Behaviour]) -> Result<(), String> {
+    let have = std::fs::read_to_string(doc_path()).unwrap_or_default();
+    let (_, scenario_section) = scenarios::fidelity::split(&have);
+    let doc = render(behaviours)? + scenario_section;
+    std::fs::write(doc_path(), doc).map_err(|e| format!("{}: {e}", doc_path().display()))
 }
 
 /// Why docs/fidelity.md does not match the behaviour list and the recorded results, if it
@@ -105,9 +114,7 @@ pub fn staleness(behaviours: &[Behaviour]) -> Result<(), String> {
         // Recording: the page is regenerated from what is recorded (the header or the behaviour
         // texts may have changed without a re-run).
         if recording() {
-            let doc = render(behaviours)?;
-            std::fs::write(doc_path(), doc)
-                .map_err(|e| format!("{}: {e}", doc_path().display()))?;
+            write_doc(behaviours)?;
         }
         stale_now(behaviours)
     })?
@@ -146,7 +153,7 @@ fn stale_now(behaviours: &[Behaviour]) -> Result<(), String> {
     }
     let wanted = render(behaviours)?;
     let have = std::fs::read_to_string(doc_path()).unwrap_or_default();
-    if wanted != have {
+    if wanted != scenarios::fidelity::split(&have).0 {
         problems.push(
             "docs/fidelity.md is not what the behaviour list and the recorded results generate"
                 .to_string(),
@@ -281,5 +288,7 @@ credentials.
   `PUBSUB_EMULATOR_HOST` (`RIG_TARGET=gcp` works too).
   The dead-letter checks need the Pub/Sub service agent's publish/subscribe grants in that
   project (see `infra/terraform/modules/backbone/iam_pubsub_service_agent.tf`).
+- The last part of this page, [Scenarios × implementations](#scenarios--implementations), is
+  the property-based scenarios' results on the same implementations, recorded by their own runs.
 
 ";

@@ -281,6 +281,45 @@ impl EventStore {
             .await?
             .try_get(0)
     }
+
+    /// The events whose `account_id` starts with `prefix`, in ledger order: one scenario
+    /// case's rows in a ledger that many runs share (GCP's `events_acceptance`, append-only).
+    pub async fn all_with_account_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, event_id, aggregate_type, aggregate_id, payload, created_at \
+             FROM event_store WHERE account_id LIKE ? ORDER BY id",
+        )
+        .bind(like_prefix(prefix))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(StoredEvent::from_row).collect()
+    }
+
+    /// How many events have an `account_id` starting with `prefix`.
+    pub async fn count_with_account_prefix(&self, prefix: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query("SELECT COUNT(*) FROM event_store WHERE account_id LIKE ?")
+            .bind(like_prefix(prefix))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)
+    }
+}
+
+/// A LIKE pattern matching text that starts with `prefix` (its `%`, `_` and backslashes taken
+/// literally: the backslash is LIKE's default escape character in both engines).
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Splits `indices` into INSERT statements bounded by rows and payload bytes.
@@ -327,4 +366,13 @@ fn compare_with_stored(
 /// Runs a dynamic statement the rig built from identifiers it validated itself.
 pub(crate) fn trusted_sql(sql: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_prefixes_take_wildcards_literally() {
+        assert_eq!(super::like_prefix("run.case."), "run.case.%");
+        assert_eq!(super::like_prefix(r"a_b%c\"), r"a\_b\%c\\%");
+    }
 }

@@ -119,7 +119,7 @@ fn scope_names(
     }
     if !is_default(scope) {
         anyhow::bail!(
-            "target {} provisions nothing, so it cannot make the isolated scope `{scope}`: scenarios need a target that provisions (`--target local`)",
+            "target {} provisions nothing, so it cannot make the isolated scope `{scope}`: scenarios need a target that provisions (`--target local`), or `--target gcp`, which runs the staging-safe ones on the acceptance resources",
             services.target
         );
     }
