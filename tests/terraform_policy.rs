@@ -557,6 +557,33 @@ const MUTATIONS: &[Mutation] = &[
         },
     },
     Mutation {
+        check: "operators-read-only",
+        what: "the drift reader may update subscriptions",
+        apply: |c| {
+            c.replace(
+                &format!("{M}/iam_operators.tf"),
+                "\"pubsub.subscriptions.get\",",
+                "\"pubsub.subscriptions.get\",\n    \"pubsub.subscriptions.update\",",
+            )
+        },
+    },
+    Mutation {
+        check: "operators-read-only",
+        what: "acceptance runners get the worker's admin role",
+        apply: |c| {
+            c.replace(
+                &format!("{M}/iam_operators.tf"),
+                "role               = \"roles/iam.serviceAccountTokenCreator\"",
+                "role               = \"roles/iam.serviceAccountAdmin\"",
+            );
+            // Grants exist only for listed members.
+            c.append(
+                "envs/dev/terraform.tfvars",
+                "acceptance_runners = [\"user:tester@example.com\"]\n",
+            );
+        },
+    },
+    Mutation {
         check: "acceptance-mirrors-worker",
         what: "acceptance sees real traffic",
         apply: |c| {

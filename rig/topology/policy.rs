@@ -95,6 +95,10 @@ pub const CHECKS: &[(&str, &str)] = &[
         "acceptance subscriptions select probes only, with the worker's ordering, ack deadline, dead-letter and retry settings",
     ),
     (
+        "operators-read-only",
+        "the drift reader role (rig drift) holds only get/getIamPolicy permissions, and people get nothing beyond it but impersonation of the worker",
+    ),
+    (
         "pubsub-service-agent-iam",
         "the Pub/Sub service agent can publish to events.dlq and subscribe to each dead-lettering subscription",
     ),
@@ -153,6 +157,7 @@ pub fn check(
     run.bucket();
     run.passwords();
     run.acceptance();
+    run.operators();
     run.out.extend(env_roots_identical(terraform_root)?);
     Ok(run.out)
 }
@@ -546,6 +551,42 @@ impl<'a> Run<'a> {
         }
         if databases.is_empty() {
             self.fail("acceptance-dev-staging-only", &env, format!("{environment}: declare the acceptance database (google_sql_database \"acceptance\", events_acceptance) so acceptance rows never enter the real ledger"));
+        }
+    }
+
+    /// `rig drift` needs to read, never to write: a permission that is not a `get` in the
+    /// drift reader role would let everyone who may check the backbone change it.
+    fn operators(&mut self) {
+        let env = self.env_location();
+        let roles: Vec<&ResourceInstance> = self
+            .config
+            .managed("google_project_iam_custom_role")
+            .collect();
+        if roles.is_empty() {
+            self.fail("operators-read-only", &env, "declare the drift reader role (google_project_iam_custom_role \"drift_reader\" in the backbone module), so people who run rig drift need nothing broader");
+        }
+        for role in roles {
+            let permissions: Vec<String> = match role.body.value("permissions") {
+                Some(Value::List(items)) => items.iter().filter_map(Value::render).collect(),
+                _ => Vec::new(),
+            };
+            let writes: Vec<&String> = permissions
+                .iter()
+                .filter(|p| !(p.ends_with(".get") || p.ends_with(".getIamPolicy")))
+                .collect();
+            if !writes.is_empty() {
+                self.fail("operators-read-only", &role.location, format!("{} grants more than reads: {}; rig drift needs only get and getIamPolicy permissions", role.address, writes.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")));
+            }
+        }
+        for grant in self.config.managed("google_service_account_iam_member") {
+            let role = grant
+                .body
+                .value("role")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if role != "roles/iam.serviceAccountTokenCreator" {
+                self.fail("operators-read-only", &grant.location, format!("{} grants {role} on the worker's service account; people may only impersonate it (roles/iam.serviceAccountTokenCreator)", grant.address));
+            }
         }
     }
 

@@ -11,4 +11,6 @@ module "backbone" {
   retry_minimum_backoff     = var.retry_minimum_backoff
   retry_maximum_backoff     = var.retry_maximum_backoff
   acceptance_enabled        = var.acceptance_enabled
+  drift_readers             = var.drift_readers
+  acceptance_runners        = var.acceptance_runners
 }

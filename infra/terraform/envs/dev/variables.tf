@@ -58,3 +58,15 @@ variable "acceptance_enabled" {
   type        = bool
   default     = false
 }
+
+variable "drift_readers" {
+  description = "Members who may run `rig drift` (see docs/gcp.md)."
+  type        = list(string)
+  default     = []
+}
+
+variable "acceptance_runners" {
+  description = "Members who may run staging acceptance as the worker (see docs/gcp.md)."
+  type        = list(string)
+  default     = []
+}

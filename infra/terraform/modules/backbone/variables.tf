@@ -109,3 +109,20 @@ variable "acceptance_enabled" {
     error_message = "acceptance resources are for dev and staging only; prod never runs acceptance."
   }
 }
+
+variable "drift_readers" {
+  description = "Members (user:, group:, serviceAccount:) who may run `rig drift`: the read-only drift reader role, and impersonation of the worker for testIamPermissions."
+  type        = list(string)
+  default     = []
+}
+
+variable "acceptance_runners" {
+  description = "Members who may run staging acceptance (`rig validate|scenarios --target gcp`): impersonation of the worker only (dev and staging)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.acceptance_runners) == 0 || var.environment != "prod"
+    error_message = "Acceptance runs are for dev and staging only: prod has no acceptance resources."
+  }
+}
