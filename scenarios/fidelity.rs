@@ -130,6 +130,36 @@ pub fn split(doc: &str) -> (&str, &str) {
     }
 }
 
+/// What is wrong with the names a results file records against the `names` that exist: ones
+/// that no longer exist, and (when every one must be recorded) ones missing. Shared with the
+/// conformance suite's half of the page.
+pub fn coverage<'a>(
+    file: &str,
+    recorded: impl Iterator<Item = &'a String>,
+    names: &[&str],
+    every_one: bool,
+) -> Vec<String> {
+    let recorded: Vec<&String> = recorded.collect();
+    let mut problems = Vec::new();
+    let unknown: Vec<&&String> = recorded
+        .iter()
+        .filter(|name| !names.contains(&name.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        problems.push(format!(
+            "{file} records names that no longer exist: {unknown:?}"
+        ));
+    }
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|name| !recorded.iter().any(|r| r.as_str() == **name))
+        .collect();
+    if every_one && !missing.is_empty() {
+        problems.push(format!("{file} has no result for {missing:?}"));
+    }
+    problems
+}
+
 /// Runs `f` holding a lock shared by every process recording at the same time (nextest runs
 /// each scenario in its own process).
 fn with_lock<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
@@ -219,35 +249,18 @@ pub fn staleness() -> Result<(), String> {
         if recording() {
             write_section(&scenarios)?;
         }
+        let names: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
         let mut problems = Vec::new();
         for column in Column::ALL {
             let Some(results) = load(column)? else {
                 continue;
             };
-            let unknown: Vec<&String> = results
-                .results
-                .keys()
-                .filter(|name| !scenarios.iter().any(|s| s.name == name.as_str()))
-                .collect();
-            if !unknown.is_empty() {
-                problems.push(format!(
-                    "docs/fidelity/scenarios/{}.json records scenarios that no longer exist: {unknown:?}",
-                    column.id()
-                ));
-            }
-            if column != Column::Gcp {
-                let missing: Vec<&str> = scenarios
-                    .iter()
-                    .map(|s| s.name)
-                    .filter(|name| !results.results.contains_key(*name))
-                    .collect();
-                if !missing.is_empty() {
-                    problems.push(format!(
-                        "docs/fidelity/scenarios/{}.json has no result for {missing:?}",
-                        column.id()
-                    ));
-                }
-            }
+            problems.extend(coverage(
+                &format!("docs/fidelity/scenarios/{}.json", column.id()),
+                results.results.keys(),
+                &names,
+                column != Column::Gcp,
+            ));
         }
         let have = std::fs::read_to_string(doc_path()).unwrap_or_default();
         if split(&have).1 != render(&scenarios)? {

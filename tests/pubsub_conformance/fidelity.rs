@@ -121,35 +121,18 @@ pub fn staleness(behaviours: &[Behaviour]) -> Result<(), String> {
 }
 
 fn stale_now(behaviours: &[Behaviour]) -> Result<(), String> {
+    let names: Vec<&str> = behaviours.iter().map(|b| b.name).collect();
     let mut problems = Vec::new();
     for implementation in Implementation::ALL {
         let Some(results) = load(implementation)? else {
             continue;
         };
-        let unknown: Vec<&String> = results
-            .results
-            .keys()
-            .filter(|name| !behaviours.iter().any(|b| b.name == name.as_str()))
-            .collect();
-        if !unknown.is_empty() {
-            problems.push(format!(
-                "docs/fidelity/{}.json records behaviours that no longer exist: {unknown:?}",
-                implementation.id()
-            ));
-        }
-        if implementation.is_local() {
-            let missing: Vec<&str> = behaviours
-                .iter()
-                .map(|b| b.name)
-                .filter(|name| !results.results.contains_key(*name))
-                .collect();
-            if !missing.is_empty() {
-                problems.push(format!(
-                    "docs/fidelity/{}.json has no result for {missing:?}",
-                    implementation.id()
-                ));
-            }
-        }
+        problems.extend(scenarios::fidelity::coverage(
+            &format!("docs/fidelity/{}.json", implementation.id()),
+            results.results.keys(),
+            &names,
+            implementation.is_local(),
+        ));
     }
     let wanted = render(behaviours)?;
     let have = std::fs::read_to_string(doc_path()).unwrap_or_default();
