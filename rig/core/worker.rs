@@ -219,10 +219,32 @@ struct Member<D> {
     delivery: D,
     attempt: u32,
     event: NewEvent,
-    /// The append's outcome, once appended.
-    outcome: Option<Result<Appended, AppendError>>,
+    appending: Appending,
     /// Whether the `after_append` fault was asked (once per delivery).
     checked: bool,
+    /// How it is to be settled on its own, once decided (kept if it has to wait its turn).
+    own: Option<Own>,
+}
+
+impl<D> Member<D> {
+    /// Whether its append failed in a way a retry may cure, so that coming round again it is
+    /// appended again.
+    fn retry_append(&self) -> bool {
+        matches!(
+            self.appending,
+            Appending::Failed(_) | Appending::Done(Err(AppendError::Database(_)))
+        )
+    }
+}
+
+/// Where a member's event is in the ledger.
+enum Appending {
+    /// Not appended (yet, or again).
+    Pending,
+    /// The statement's outcome for this event.
+    Done(Result<Appended, AppendError>),
+    /// The statement failed as a whole (the database unavailable, ...).
+    Failed(String),
 }
 
 /// An appended event that is not simply published: it is settled on its own, after what
@@ -465,8 +487,9 @@ impl Core {
     ///    (steps 2–3), then that message — dead-lettered, or nacked and blocking the key;
     /// 2. the group is appended with one statement ([`EventStore::append_batch`]);
     /// 3. in order: the `after_append` fault, then runs of events are published to merged
-    ///    together (the ordering key keeps their order) and acked up to the first failure;
-    ///    an event the ledger refuses is dead-lettered once what precedes it is acked.
+    ///    together (the ordering key keeps their order) and acked; after a failed publish
+    ///    the rest of the run goes one at a time, so only a message that fails on its own is
+    ///    nacked; an event the ledger refuses is dead-lettered once what precedes it is acked.
     ///
     /// Whatever comes after a failure is deferred as in one-by-one processing (nacked, or
     /// dead-lettered on its last attempt), even if the group's statement already stored it:
@@ -505,8 +528,9 @@ impl Core {
                         delivery,
                         attempt,
                         event,
-                        outcome: None,
+                        appending: Appending::Pending,
                         checked: false,
+                        own: None,
                     });
                     // Fetched claim-checked payloads are held until the append: bounded.
                     if group_bytes >= GROUP_BYTES {
@@ -560,14 +584,15 @@ impl Core {
                 return;
             }
             // Everything not appended yet, with one statement. (After a failure that was given
-            // up on its last attempt the rest comes round again; a transient outcome is retried.)
+            // up on its last attempt the rest comes round again: a transient outcome is retried.)
             for m in queue.iter_mut() {
-                if matches!(m.outcome, Some(Err(AppendError::Database(_)))) {
-                    m.outcome = None;
+                if m.retry_append() {
+                    m.appending = Appending::Pending;
+                    m.own = None;
                 }
             }
             let fresh: Vec<usize> = (0..queue.len())
-                .filter(|&i| queue[i].outcome.is_none())
+                .filter(|&i| matches!(queue[i].appending, Appending::Pending))
                 .collect();
             if !fresh.is_empty() {
                 let events: Vec<NewEvent> = fresh.iter().map(|&i| queue[i].event.clone()).collect();
@@ -584,18 +609,16 @@ impl Core {
                                 }
                                 Err(_) => 0,
                             };
-                            queue[i].outcome = Some(outcome);
+                            queue[i].appending = Appending::Done(outcome);
                         }
                     }
+                    // Nothing is known of any of them: the first of them fails (once what
+                    // precedes it is settled), the rest wait behind it.
                     Err(e) => {
-                        // Nothing is known of any of them: the first fails, the rest wait.
-                        if let Some(m) = queue.pop_front() {
-                            tracing::warn!(event_id = %m.event.event_id, "event store: {e}");
-                            let disposition = Disposition::Nack(format!("event store: {e}"));
-                            self.finish(&m.message, m.delivery, m.attempt, disposition, blocked)
-                                .await;
+                        let reason = format!("event store: {e}");
+                        for i in fresh {
+                            queue[i].appending = Appending::Failed(reason.clone());
                         }
-                        continue;
                     }
                 }
             }
@@ -603,18 +626,23 @@ impl Core {
             // handling of its own ends the run, which is settled before it.
             let mut run: Vec<Member<D>> = Vec::new();
             while let Some(mut m) = queue.pop_front() {
-                let own = match &m.outcome {
-                    Some(Err(AppendError::Database(e))) => {
+                let own = match (m.own.take(), &m.appending) {
+                    (Some(own), _) => Some(own),
+                    (None, Appending::Failed(reason)) => {
+                        tracing::warn!(event_id = %m.event.event_id, "{reason}");
+                        Some(Own::Nack(reason.clone()))
+                    }
+                    (None, Appending::Done(Err(AppendError::Database(e)))) => {
                         tracing::warn!(event_id = %m.event.event_id, "event store: {e}");
                         Some(Own::Nack(format!("event store: {e}")))
                     }
-                    Some(Err(e)) => Some(Own::DeadLetter(e.to_string())),
-                    Some(Ok(_)) if !m.checked => {
+                    (None, Appending::Done(Err(e))) => Some(Own::DeadLetter(e.to_string())),
+                    (None, Appending::Done(Ok(_))) if !m.checked => {
                         m.checked = true;
                         (self.faults.after_append(m.event.event_id, m.attempt) == Fault::Nack)
                             .then(|| Own::Nack("a fault injected after the append".into()))
                     }
-                    _ => None,
+                    (None, _) => None,
                 };
                 let Some(own) = own else {
                     run.push(m);
@@ -622,6 +650,7 @@ impl Core {
                 };
                 let rest = self.publish_run(std::mem::take(&mut run), blocked).await;
                 if !rest.is_empty() || blocked.is_some() {
+                    m.own = Some(own);
                     queue.push_front(m);
                     for r in rest.into_iter().rev() {
                         queue.push_front(r);
@@ -636,7 +665,9 @@ impl Core {
                 };
                 self.finish(&m.message, m.delivery, m.attempt, disposition, blocked)
                     .await;
-                if blocked.is_some() {
+                // Blocked: the rest is deferred. Given up on its last attempt instead: what
+                // the failed statement left unknown is appended again before it goes on.
+                if blocked.is_some() || queue.iter().any(Member::retry_append) {
                     break;
                 }
             }
@@ -647,9 +678,11 @@ impl Core {
         }
     }
 
-    /// Publishes a run of stored events to merged together and acks them in order up to the
-    /// first failed publish, which is nacked (the client paused the key: it is resumed).
-    /// Returns the events after that failure, unsettled.
+    /// Publishes a run of stored events to merged together and acks them in order. A publish
+    /// request is refused whole, so after a failure (the client then pauses the key: it is
+    /// resumed) the rest of the run is published one at a time, as one-by-one processing
+    /// would: the first that fails on its own is nacked. Returns what follows it, unsettled,
+    /// when it blocks the key.
     async fn publish_run<D: Delivery>(
         &self,
         run: Vec<Member<D>>,
@@ -665,17 +698,7 @@ impl Core {
             .iter()
             .map(|m| {
                 let id = m.event.event_id;
-                (!self.was_published(id) && in_run.insert(id)).then(|| {
-                    self.merged.publish(
-                        Message::new()
-                            .set_data(m.message.data.clone())
-                            .set_ordering_key(m.message.ordering_key.clone())
-                            .set_attributes(envelope::merged_attributes(
-                                &m.message.attributes,
-                                &m.event,
-                            )),
-                    )
-                })
+                (!self.was_published(id) && in_run.insert(id)).then(|| self.publish_merged(m))
             })
             .collect();
         // Each publish is on its way already; awaiting in order costs no extra round trip.
@@ -686,14 +709,36 @@ impl Core {
                 None => Ok(()),
             });
         }
-        let mut rest = Vec::new();
-        let mut failed = false;
-        for (m, result) in run.into_iter().zip(results) {
-            // After a failed publish the client failed the key's later ones too.
-            if failed {
-                rest.push(m);
-                continue;
+        let mut run = run.into_iter().zip(results);
+        for (m, result) in run.by_ref() {
+            if let Err(e) = result {
+                tracing::debug!(event_id = %m.event.event_id, "publishing a run to merged: {e}; one at a time now");
+                self.merged.resume_publish(m.message.ordering_key.clone());
+                let mut rest = vec![m];
+                rest.extend(run.map(|(m, _)| m));
+                return self.publish_one_by_one(rest, blocked).await;
             }
+            self.remember_published(m.event.event_id);
+            self.finish(&m.message, m.delivery, m.attempt, Disposition::Ack, blocked)
+                .await;
+        }
+        Vec::new()
+    }
+
+    /// Publishes to merged and acks one event after another until one fails: it is nacked
+    /// and, if that blocks the key, what follows is returned unsettled.
+    async fn publish_one_by_one<D: Delivery>(
+        &self,
+        run: Vec<Member<D>>,
+        blocked: &mut Option<(String, Instant)>,
+    ) -> Vec<Member<D>> {
+        let mut run = run.into_iter();
+        while let Some(m) = run.next() {
+            let result = if self.was_published(m.event.event_id) {
+                Ok(())
+            } else {
+                self.publish_merged(&m).await.map(|_| ())
+            };
             match result {
                 Ok(()) => {
                     self.remember_published(m.event.event_id);
@@ -707,13 +752,24 @@ impl Core {
                     let disposition = Disposition::Nack(format!("publishing to {topic}: {e}"));
                     self.finish(&m.message, m.delivery, m.attempt, disposition, blocked)
                         .await;
-                    // What follows is deferred behind it, or published again if it was
-                    // given up on its last attempt.
-                    failed = true;
+                    // Given up on its last attempt, it blocks nothing: the key goes on.
+                    if blocked.is_some() {
+                        return run.collect();
+                    }
                 }
             }
         }
-        rest
+        Vec::new()
+    }
+
+    /// The stored event on its way to merged, with the raw message's data and ordering key.
+    fn publish_merged<D>(&self, m: &Member<D>) -> google_cloud_pubsub::publisher::PublishFuture {
+        self.merged.publish(
+            Message::new()
+                .set_data(m.message.data.clone())
+                .set_ordering_key(m.message.ordering_key.clone())
+                .set_attributes(envelope::merged_attributes(&m.message.attributes, &m.event)),
+        )
     }
 
     /// Checks one message up to the append: decoded, its claim-checked payload fetched and
@@ -1206,6 +1262,115 @@ mod tests {
             ids(&in_order),
             "merged: in order, once each"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_refused_mid_batch_fails_only_its_own_message_and_its_last_attempt_lets_the_key_go_on()
+     {
+        let e = events(3);
+        let rig = Rig::start("batch-publish", FirstAttempt::default()).await;
+        // An attribute key over Pub/Sub's 256 bytes: the worker passes attributes on to
+        // merged, where the service refuses it (and the client pauses the key).
+        let mut refused = envelope::inline_message(&e[1]);
+        refused.attributes.insert("k".repeat(300), "v".into());
+        let m = [
+            envelope::inline_message(&e[0]),
+            refused,
+            envelope::inline_message(&e[2]),
+        ];
+        let names = ["m1", "m2", "m3"];
+        let all: Vec<(&str, &Message)> = names.iter().copied().zip(&m).collect();
+        let mut blocked = None;
+
+        let first = rig.batch(&all, 1, &mut blocked).await;
+        let mut expected = settled(&names[..1], "ack");
+        expected.extend(settled(&names[1..], "nack"));
+        assert_eq!(
+            first, expected,
+            "m2 is refused at publish: m1, refused with it in one request, is published on its own; m3 held back"
+        );
+        assert_eq!(blocked.as_ref().map(|(b, _)| b.as_str()), Some("m2"));
+
+        // The subscription's last attempt: m2 is given up (dead-lettered with the reason),
+        // and m3, whose publish the paused key had failed, is published after it.
+        let last = rig.core.options.max_delivery_attempts.unwrap();
+        let again = rig.batch(&all[1..], last, &mut blocked).await;
+        assert_eq!(again, settled(&names[1..], "ack"));
+        assert!(blocked.is_none());
+        assert_eq!(rig.ledger(&e[0]).await, ids(&[&e[0], &e[1], &e[2]]));
+        let merged = rig.pull(&rig.merged, 2).await;
+        assert_eq!(event_ids(&merged), ids(&[&e[0], &e[2]]));
+        let dead = rig.pull(&rig.dead_letters, 1).await;
+        assert_eq!(event_ids(&dead), ids(&[&e[1]]));
+        let reason = &dead[0].attributes[envelope::DEAD_LETTER_REASON];
+        assert!(
+            reason.contains("given up on delivery attempt") && reason.contains("publishing to"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_statement_nacks_its_first_message_and_on_the_last_attempt_each_is_tried_in_turn()
+     {
+        use sqlx::{ConnectOptions, Connection, Executor};
+        let e = events(3);
+        let rig = Rig::start("batch-database", FirstAttempt::default()).await;
+        let mut admin = rig
+            .env
+            .event_store_admin
+            .connect_options()
+            .connect()
+            .await
+            .unwrap();
+        let grant = |revoke: bool| {
+            crate::event_store::trusted_sql(format!(
+                "{} INSERT ON event_store {} '{}'@'%'",
+                if revoke { "REVOKE" } else { "GRANT" },
+                if revoke { "FROM" } else { "TO" },
+                rig.env.event_store.username
+            ))
+        };
+        // The worker may not INSERT: to the worker, a database failing every statement.
+        admin.execute(grant(true)).await.unwrap();
+        let m: Vec<Message> = e.iter().map(envelope::inline_message).collect();
+        let names = ["m1", "m2", "m3"];
+        let all: Vec<(&str, &Message)> = names.iter().copied().zip(&m).collect();
+        let mut blocked = None;
+
+        let first = rig.batch(&all, 1, &mut blocked).await;
+        assert_eq!(
+            first,
+            settled(&names, "nack"),
+            "m1 fails, m2 and m3 held back"
+        );
+        assert_eq!(blocked.as_ref().map(|(b, _)| b.as_str()), Some("m1"));
+        assert_eq!(rig.core.stats.deferred.load(Ordering::Relaxed), 2);
+
+        // On their last attempt each is tried again, fails and is given up, in order.
+        let last = rig.core.options.max_delivery_attempts.unwrap();
+        let appends = rig.core.stats.appends.load(Ordering::Relaxed);
+        let given_up = rig.batch(&all, last, &mut blocked).await;
+        assert_eq!(given_up, settled(&names, "ack"));
+        assert_eq!(
+            rig.core.stats.appends.load(Ordering::Relaxed) - appends,
+            3,
+            "one statement per message once the one before it was given up"
+        );
+        let dead = rig.pull(&rig.dead_letters, 3).await;
+        assert_eq!(event_ids(&dead), ids(&[&e[0], &e[1], &e[2]]));
+        for d in &dead {
+            let reason = &d.attributes[envelope::DEAD_LETTER_REASON];
+            assert!(
+                reason.contains("given up") && reason.contains("INSERT"),
+                "{reason}"
+            );
+        }
+
+        // The database is back: a replay stores them, in order.
+        admin.execute(grant(false)).await.unwrap();
+        let replay = rig.batch(&all, 1, &mut blocked).await;
+        assert_eq!(replay, settled(&names, "ack"));
+        assert_eq!(rig.ledger(&e[0]).await, ids(&[&e[0], &e[1], &e[2]]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
