@@ -1312,7 +1312,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_statement_nacks_its_first_message_and_on_the_last_attempt_each_is_tried_in_turn()
      {
-        use sqlx::{ConnectOptions, Connection, Executor};
+        use sqlx::{ConnectOptions, Executor};
         let e = events(3);
         let rig = Rig::start("batch-database", FirstAttempt::default()).await;
         let mut admin = rig
