@@ -14,6 +14,12 @@
 //!   Pub/Sub may deliver them before the failed message's redelivery. Each such nack counts as
 //!   a delivery attempt of the later message: on an ordered, dead-lettering subscription a key
 //!   that fails 5 times in a row can push a healthy message to the dead-letter topic;
+//! - a key's loop takes what is queued for the key at once (up to [`KEY_BATCH`] messages),
+//!   appends their events with one statement and publishes them to merged together, with the
+//!   outcome one-by-one processing would have (see [`Core::run_batch`]). The one difference:
+//!   messages behind a failure may already be stored by that statement (their redelivery is
+//!   an idempotent replay, after the failed one), and their `before_append` fault may already
+//!   have been asked;
 //! - messages carrying the probe attribute are dropped: on the real service the subscription
 //!   filter keeps them away, the emulator does not apply filters;
 //! - in acceptance mode (`WorkerOptions::acceptance`, staging acceptance on an acceptance
@@ -22,7 +28,7 @@
 //!   database. What it publishes keeps the probe attribute, so it reaches only the
 //!   acceptance subscriptions of `events.merged` and `events.dlq`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,13 +44,22 @@ use tokio::sync::mpsc;
 use crate::claim_check::{self, ClaimError};
 use crate::envelope::{self, PayloadSource};
 use crate::environment::Environment;
-use crate::event_store::{AppendError, Appended, EventStore};
+use crate::event_store::{AppendError, Appended, EventStore, NewEvent};
 use crate::topology::Topology;
 
 /// How long a key's loop waits for its next message before it ends.
 const KEY_IDLE: Duration = Duration::from_secs(30);
 /// How many event ids the worker remembers as published to merged (see `Core::published`).
 const PUBLISHED_MEMORY: usize = 100_000;
+/// How many queued messages of one key a key loop takes at once (by default). Their events are appended
+/// with one statement and published to merged together: one database round trip and one
+/// publish batch per key and turn instead of one of each per message, which is what bounded
+/// the worker (the publisher holds each batch up to 10 ms to fill it). Bounded so that one
+/// busy key yields to the others and its statement stays small.
+pub const KEY_BATCH: usize = 100;
+/// Payload bytes a group holds before it is appended (claim-checked payloads are fetched
+/// into memory first).
+const GROUP_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the worker reads and writes, taken from the Terraform topology.
 #[derive(Debug, Clone)]
@@ -58,6 +73,9 @@ pub struct WorkerOptions {
     pub max_delivery_attempts: Option<u32>,
     /// Connections to the event store.
     pub connections: u32,
+    /// How many queued messages of one key are taken at once ([`KEY_BATCH`]; 1 processes a
+    /// key's messages one at a time, which the pipeline benchmark measures as its before).
+    pub key_batch: usize,
     /// How long a key stays blocked behind a failed message that does not come back (it may
     /// have gone to another worker): the retry policy's longest backoff plus a margin.
     pub block_timeout: Duration,
@@ -98,6 +116,7 @@ impl WorkerOptions {
             probe_attribute: topology.probe_attribute(),
             max_delivery_attempts: Some(dead_letter.max_delivery_attempts),
             connections: 4,
+            key_batch: KEY_BATCH,
             block_timeout: subscription
                 .retry
                 .as_ref()
@@ -111,7 +130,9 @@ impl WorkerOptions {
 
 /// Points where a scenario can make the worker fail as a real one would.
 pub trait Faults: Send + Sync {
-    /// Called once per delivery of a valid event, before the append.
+    /// Called once per delivery of a valid event, before the append. (The key loop asks it
+    /// for each message of a batch before the batch's one statement: a later message that an
+    /// earlier failure then holds back has been asked too.)
     fn before_append(&self, _event_id: uuid::Uuid, _attempt: u32) -> Fault {
         Fault::None
     }
@@ -144,12 +165,14 @@ pub struct WorkerStats {
     /// Acceptance mode: messages that were not this run's (other probes released, copies of
     /// real traffic acknowledged unprocessed).
     pub not_ours: AtomicU64,
+    /// Append statements (each for a batch of a key's events).
+    pub appends: AtomicU64,
 }
 
 impl WorkerStats {
     pub fn summary(&self) -> String {
         format!(
-            "stored {}, already stored {}, dead-lettered {}, probes dropped {}, nacked {}, deferred {}, not ours {}",
+            "stored {}, already stored {}, dead-lettered {}, probes dropped {}, nacked {}, deferred {}, not ours {}, in {} append statements",
             self.stored.load(Ordering::Relaxed),
             self.already_stored.load(Ordering::Relaxed),
             self.dead_lettered.load(Ordering::Relaxed),
@@ -157,6 +180,7 @@ impl WorkerStats {
             self.nacked.load(Ordering::Relaxed),
             self.deferred.load(Ordering::Relaxed),
             self.not_ours.load(Ordering::Relaxed),
+            self.appends.load(Ordering::Relaxed),
         )
     }
 }
@@ -166,6 +190,88 @@ enum Disposition {
     Ack,
     /// Failed for a reason a retry may cure (the database or GCS unavailable, ...).
     Nack(String),
+}
+
+/// What the worker needs of a delivery: its attempt number, and settling it. The subscriber's
+/// [`Handler`] in production; the unit tests record the outcome instead.
+trait Delivery: Send {
+    /// The delivery attempt as the service counts it (1 when it does not count).
+    fn attempt(&self) -> u32;
+    fn ack(self);
+    fn nack(self);
+}
+
+impl Delivery for Handler {
+    fn attempt(&self) -> u32 {
+        self.delivery_attempt()
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(1)
+    }
+    fn ack(self) {
+        Handler::ack(self)
+    }
+    fn nack(self) {
+        Handler::nack(self)
+    }
+}
+
+/// How checking a message before the append ended.
+enum Prepared {
+    /// A valid event, to append.
+    Event(NewEvent),
+    /// Bad input: to be dead-lettered with this reason.
+    Bad(String),
+    /// A failure a retry may cure: to be nacked with this reason.
+    Failed(String),
+}
+
+/// A checked message of a batch, on its way to the ledger and merged.
+struct Member<D> {
+    message: Message,
+    delivery: D,
+    attempt: u32,
+    event: NewEvent,
+    appending: Appending,
+    /// Whether the `after_append` fault was asked (once per delivery).
+    checked: bool,
+    /// How it is to be settled on its own, once decided (kept if it has to wait its turn).
+    own: Option<Own>,
+}
+
+impl<D> Member<D> {
+    /// Whether its append failed in a way a retry may cure, so that coming round again it is
+    /// appended again.
+    fn retry_append(&self) -> bool {
+        matches!(
+            self.appending,
+            Appending::Failed(_) | Appending::Done(Err(AppendError::Database(_)))
+        )
+    }
+}
+
+/// Where a member's event is in the ledger.
+enum Appending {
+    /// Not appended (yet, or again).
+    Pending,
+    /// The statement's outcome for this event.
+    Done(Result<Appended, AppendError>),
+    /// The statement failed as a whole (the database unavailable, ...).
+    Failed(String),
+}
+
+/// An appended event that is not simply published: it is settled on its own, after what
+/// precedes it.
+enum Own {
+    Nack(String),
+    DeadLetter(String),
+}
+
+/// The failed message `message` has to wait for, if its key is blocked by another one.
+fn blocker_of(blocked: &Option<(String, Instant)>, message: &Message) -> Option<String> {
+    blocked
+        .as_ref()
+        .filter(|(blocker, _)| *blocker != message.message_id)
+        .map(|(blocker, _)| blocker.clone())
 }
 
 struct Core {
@@ -340,19 +446,9 @@ impl Worker {
 }
 
 impl Core {
+    /// A message without an ordering key: a batch of one, with nothing to block.
     async fn deliver(self: Arc<Self>, message: Message, handler: Handler) {
-        let attempt = handler
-            .delivery_attempt()
-            .and_then(|a| u32::try_from(a).ok())
-            .unwrap_or(1);
-        let disposition = self.process(&message, attempt).await;
-        match self.settle(&message, attempt, disposition).await {
-            Disposition::Ack => handler.ack(),
-            Disposition::Nack(_) => {
-                self.stats.nacked.fetch_add(1, Ordering::Relaxed);
-                handler.nack()
-            }
-        }
+        self.run_batch(vec![(message, handler)], &mut None).await;
     }
 
     /// Whether this is the message's last attempt before the service dead-letters it.
@@ -384,11 +480,14 @@ impl Core {
         }
     }
 
-    /// One ordering key's messages, strictly one after another. Once a message fails, the
-    /// key is blocked: later messages of the key are nacked (not stored) until the failed one
-    /// comes back and is stored, or has had its last attempt. Holding them instead would
-    /// deadlock: an ordered subscription does not redeliver the failed message while later
-    /// messages of its key are outstanding.
+    /// One ordering key's messages, in order. Once a message fails, the key is blocked: later
+    /// messages of the key are nacked (not stored) until the failed one comes back and is
+    /// stored, or has had its last attempt. Holding them instead would deadlock: an ordered
+    /// subscription does not redeliver the failed message while later messages of its key are
+    /// outstanding.
+    ///
+    /// The loop takes what is queued for its key at once (up to `key_batch`) and hands it to
+    /// [`Core::run_batch`], which keeps exactly these rules message by message.
     async fn key_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(Message, Handler)>) {
         let mut blocked: Option<(String, Instant)> = None;
         loop {
@@ -399,11 +498,47 @@ impl Core {
                 Err(_) if blocked.is_none() => break,
                 Err(_) => continue,
             };
-            let Some((message, handler)) = next else {
+            let Some(first) = next else {
                 break;
             };
+            let mut batch = vec![first];
+            while batch.len() < self.options.key_batch.max(1) {
+                match rx.try_recv() {
+                    Ok(delivery) => batch.push(delivery),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch, &mut blocked).await;
+        }
+    }
+
+    /// Handles consecutive deliveries of one key with the outcome processing them one by one
+    /// would have, but with one INSERT for the valid events and their publishes to merged in
+    /// flight together:
+    ///
+    /// 1. in order, each message is checked (decoded, claim fetched, validated, the
+    ///    `before_append` fault asked) and joins the group to append, until one ends before
+    ///    the append (bad input, a transient failure): the group before it is settled first
+    ///    (steps 2–3), then that message — dead-lettered, or nacked and blocking the key;
+    /// 2. the group is appended with one statement ([`EventStore::append_batch`]);
+    /// 3. in order: the `after_append` fault, then runs of events are published to merged
+    ///    together (the ordering key keeps their order) and acked; after a failed publish
+    ///    the rest of the run goes one at a time, so only a message that fails on its own is
+    ///    nacked; an event the ledger refuses is dead-lettered once what precedes it is acked.
+    ///
+    /// Whatever comes after a failure is deferred as in one-by-one processing (nacked, or
+    /// dead-lettered on its last attempt), even if the group's statement already stored it:
+    /// its redelivery finds it stored (an idempotent replay), after the failed one.
+    async fn run_batch<D: Delivery>(
+        &self,
+        batch: Vec<(Message, D)>,
+        blocked: &mut Option<(String, Instant)>,
+    ) {
+        let mut group: Vec<Member<D>> = Vec::new();
+        let mut group_bytes = 0;
+        for (message, delivery) in batch {
             if self.stopping.load(Ordering::SeqCst) {
-                drop(handler); // dropping a handler nacks it
+                delivery.nack();
                 continue;
             }
             // Another worker may have taken over the failed message; don't wait forever.
@@ -411,78 +546,292 @@ impl Core {
                 .as_ref()
                 .is_some_and(|(_, since)| since.elapsed() > self.options.block_timeout)
             {
-                blocked = None;
+                *blocked = None;
             }
-            let attempt = handler
-                .delivery_attempt()
-                .and_then(|a| u32::try_from(a).ok())
-                .unwrap_or(1);
-            if let Some((blocker, _)) = &blocked
-                && *blocker != message.message_id
-            {
-                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(key = %message.ordering_key, message_id = %message.message_id, "deferred behind a failed message");
-                let held = Disposition::Nack(format!(
-                    "held back behind message {blocker} of the same ordering key, which had not been stored; dead-lettered rather than stored out of order: replay it after that one"
-                ));
-                match self.settle(&message, attempt, held).await {
-                    Disposition::Ack => handler.ack(),
-                    Disposition::Nack(_) => handler.nack(),
-                }
+            let attempt = delivery.attempt();
+            if let Some(blocker) = blocker_of(blocked, &message) {
+                self.defer(&message, delivery, attempt, &blocker).await;
                 continue;
             }
-            let disposition = self.process(&message, attempt).await;
-            let disposition = self.settle(&message, attempt, disposition).await;
-            tracing::debug!(
-                key = %message.ordering_key,
-                message_id = %message.message_id,
-                attempt,
-                ack = matches!(disposition, Disposition::Ack),
-                "delivery"
-            );
-            match disposition {
-                Disposition::Ack => {
-                    handler.ack();
-                    blocked = None;
+            // The failed message is back: it runs, and blocks again only if it fails again.
+            *blocked = None;
+            match self.prepare(&message, attempt).await {
+                Prepared::Event(event) => {
+                    group_bytes += event.payload.len();
+                    group.push(Member {
+                        message,
+                        delivery,
+                        attempt,
+                        event,
+                        appending: Appending::Pending,
+                        checked: false,
+                        own: None,
+                    });
+                    // Fetched claim-checked payloads are held until the append: bounded.
+                    if group_bytes >= GROUP_BYTES {
+                        self.store_and_publish(std::mem::take(&mut group), blocked)
+                            .await;
+                        group_bytes = 0;
+                    }
                 }
-                Disposition::Nack(_) => {
-                    self.stats.nacked.fetch_add(1, Ordering::Relaxed);
-                    handler.nack();
-                    // Only a failed dead-letter publish on the last attempt ends here: then
-                    // the service dead-letters it, and the key moves on.
-                    let last_attempt = self.last_attempt(attempt);
-                    blocked = (!last_attempt).then(|| (message.message_id.clone(), Instant::now()));
+                Prepared::Bad(reason) => {
+                    self.store_and_publish(std::mem::take(&mut group), blocked)
+                        .await;
+                    group_bytes = 0;
+                    if let Some(blocker) = blocker_of(blocked, &message) {
+                        self.defer(&message, delivery, attempt, &blocker).await;
+                        continue;
+                    }
+                    let disposition = self.dead_letter(&message, &reason, attempt).await;
+                    self.finish(&message, delivery, attempt, disposition, blocked)
+                        .await;
                 }
+                Prepared::Failed(reason) => {
+                    self.store_and_publish(std::mem::take(&mut group), blocked)
+                        .await;
+                    group_bytes = 0;
+                    if let Some(blocker) = blocker_of(blocked, &message) {
+                        self.defer(&message, delivery, attempt, &blocker).await;
+                        continue;
+                    }
+                    let disposition = Disposition::Nack(reason);
+                    self.finish(&message, delivery, attempt, disposition, blocked)
+                        .await;
+                }
+            }
+        }
+        self.store_and_publish(group, blocked).await;
+    }
+
+    /// Steps 2 and 3 of [`Core::run_batch`] for a group of checked events, in order.
+    async fn store_and_publish<D: Delivery>(
+        &self,
+        group: Vec<Member<D>>,
+        blocked: &mut Option<(String, Instant)>,
+    ) {
+        let mut queue: VecDeque<Member<D>> = group.into();
+        while !queue.is_empty() {
+            if let Some((blocker, _)) = blocked.clone() {
+                for m in queue.drain(..) {
+                    self.defer(&m.message, m.delivery, m.attempt, &blocker)
+                        .await;
+                }
+                return;
+            }
+            // Everything not appended yet, with one statement. (After a failure that was given
+            // up on its last attempt the rest comes round again: a transient outcome is retried.)
+            for m in queue.iter_mut() {
+                if m.retry_append() {
+                    m.appending = Appending::Pending;
+                    m.own = None;
+                }
+            }
+            let fresh: Vec<usize> = (0..queue.len())
+                .filter(|&i| matches!(queue[i].appending, Appending::Pending))
+                .collect();
+            if !fresh.is_empty() {
+                let events: Vec<NewEvent> = fresh.iter().map(|&i| queue[i].event.clone()).collect();
+                self.stats.appends.fetch_add(1, Ordering::Relaxed);
+                match self.store.append_batch(&events).await {
+                    Ok(outcomes) => {
+                        for (i, outcome) in fresh.into_iter().zip(outcomes) {
+                            match outcome {
+                                Ok(Appended::Stored) => {
+                                    self.stats.stored.fetch_add(1, Ordering::Relaxed)
+                                }
+                                Ok(Appended::AlreadyStored) => {
+                                    self.stats.already_stored.fetch_add(1, Ordering::Relaxed)
+                                }
+                                Err(_) => 0,
+                            };
+                            queue[i].appending = Appending::Done(outcome);
+                        }
+                    }
+                    // Nothing is known of any of them: the first of them fails (once what
+                    // precedes it is settled), the rest wait behind it.
+                    Err(e) => {
+                        let reason = format!("event store: {e}");
+                        for i in fresh {
+                            queue[i].appending = Appending::Failed(reason.clone());
+                        }
+                    }
+                }
+            }
+            // In order: runs of stored events go to merged together; an event that needs
+            // handling of its own ends the run, which is settled before it.
+            let mut run: Vec<Member<D>> = Vec::new();
+            while let Some(mut m) = queue.pop_front() {
+                let own = match (m.own.take(), &m.appending) {
+                    (Some(own), _) => Some(own),
+                    (None, Appending::Failed(reason)) => {
+                        tracing::warn!(event_id = %m.event.event_id, "{reason}");
+                        Some(Own::Nack(reason.clone()))
+                    }
+                    (None, Appending::Done(Err(AppendError::Database(e)))) => {
+                        tracing::warn!(event_id = %m.event.event_id, "event store: {e}");
+                        Some(Own::Nack(format!("event store: {e}")))
+                    }
+                    (None, Appending::Done(Err(e))) => Some(Own::DeadLetter(e.to_string())),
+                    (None, Appending::Done(Ok(_))) if !m.checked => {
+                        m.checked = true;
+                        (self.faults.after_append(m.event.event_id, m.attempt) == Fault::Nack)
+                            .then(|| Own::Nack("a fault injected after the append".into()))
+                    }
+                    (None, _) => None,
+                };
+                let Some(own) = own else {
+                    run.push(m);
+                    continue;
+                };
+                let rest = self.publish_run(std::mem::take(&mut run), blocked).await;
+                if !rest.is_empty() || blocked.is_some() {
+                    m.own = Some(own);
+                    queue.push_front(m);
+                    for r in rest.into_iter().rev() {
+                        queue.push_front(r);
+                    }
+                    break;
+                }
+                let disposition = match own {
+                    Own::Nack(reason) => Disposition::Nack(reason),
+                    Own::DeadLetter(reason) => {
+                        self.dead_letter(&m.message, &reason, m.attempt).await
+                    }
+                };
+                self.finish(&m.message, m.delivery, m.attempt, disposition, blocked)
+                    .await;
+                // Blocked: the rest is deferred. Given up on its last attempt instead: what
+                // the failed statement left unknown is appended again before it goes on.
+                if blocked.is_some() || queue.iter().any(Member::retry_append) {
+                    break;
+                }
+            }
+            let rest = self.publish_run(run, blocked).await;
+            for r in rest.into_iter().rev() {
+                queue.push_front(r);
             }
         }
     }
 
-    async fn process(&self, message: &Message, attempt: u32) -> Disposition {
+    /// Publishes a run of stored events to merged together and acks them in order. A publish
+    /// request is refused whole, so after a failure (the client then pauses the key: it is
+    /// resumed) the rest of the run is published one at a time, as one-by-one processing
+    /// would: the first that fails on its own is nacked. Returns what follows it, unsettled,
+    /// when it blocks the key.
+    async fn publish_run<D: Delivery>(
+        &self,
+        run: Vec<Member<D>>,
+        blocked: &mut Option<(String, Instant)>,
+    ) -> Vec<Member<D>> {
+        if run.is_empty() {
+            return run;
+        }
+        // An event this process already published is not published again; neither is a
+        // second copy within the run (a producer's retry).
+        let mut in_run = HashSet::new();
+        let futures: Vec<_> = run
+            .iter()
+            .map(|m| {
+                let id = m.event.event_id;
+                (!self.was_published(id) && in_run.insert(id)).then(|| self.publish_merged(m))
+            })
+            .collect();
+        // Each publish is on its way already; awaiting in order costs no extra round trip.
+        let mut results = Vec::with_capacity(futures.len());
+        for future in futures {
+            results.push(match future {
+                Some(future) => future.await.map(|_| ()),
+                None => Ok(()),
+            });
+        }
+        let mut run = run.into_iter().zip(results);
+        for (m, result) in run.by_ref() {
+            if let Err(e) = result {
+                tracing::debug!(event_id = %m.event.event_id, "publishing a run to merged: {e}; one at a time now");
+                self.merged.resume_publish(m.message.ordering_key.clone());
+                let mut rest = vec![m];
+                rest.extend(run.map(|(m, _)| m));
+                return self.publish_one_by_one(rest, blocked).await;
+            }
+            self.remember_published(m.event.event_id);
+            self.finish(&m.message, m.delivery, m.attempt, Disposition::Ack, blocked)
+                .await;
+        }
+        Vec::new()
+    }
+
+    /// Publishes to merged and acks one event after another until one fails: it is nacked
+    /// and, if that blocks the key, what follows is returned unsettled.
+    async fn publish_one_by_one<D: Delivery>(
+        &self,
+        run: Vec<Member<D>>,
+        blocked: &mut Option<(String, Instant)>,
+    ) -> Vec<Member<D>> {
+        let mut run = run.into_iter();
+        while let Some(m) = run.next() {
+            let result = if self.was_published(m.event.event_id) {
+                Ok(())
+            } else {
+                self.publish_merged(&m).await.map(|_| ())
+            };
+            match result {
+                Ok(()) => {
+                    self.remember_published(m.event.event_id);
+                    self.finish(&m.message, m.delivery, m.attempt, Disposition::Ack, blocked)
+                        .await;
+                }
+                Err(e) => {
+                    let topic = &self.options.merged_topic;
+                    tracing::warn!(event_id = %m.event.event_id, "publishing to {topic}: {e}");
+                    self.merged.resume_publish(m.message.ordering_key.clone());
+                    let disposition = Disposition::Nack(format!("publishing to {topic}: {e}"));
+                    self.finish(&m.message, m.delivery, m.attempt, disposition, blocked)
+                        .await;
+                    // Given up on its last attempt, it blocks nothing: the key goes on.
+                    if blocked.is_some() {
+                        return run.collect();
+                    }
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// The stored event on its way to merged, with the raw message's data and ordering key.
+    fn publish_merged<D>(&self, m: &Member<D>) -> google_cloud_pubsub::publisher::PublishFuture {
+        self.merged.publish(
+            Message::new()
+                .set_data(m.message.data.clone())
+                .set_ordering_key(m.message.ordering_key.clone())
+                .set_attributes(envelope::merged_attributes(&m.message.attributes, &m.event)),
+        )
+    }
+
+    /// Checks one message up to the append: decoded, its claim-checked payload fetched and
+    /// verified, validated, and the `before_append` fault asked.
+    async fn prepare(&self, message: &Message, attempt: u32) -> Prepared {
         let envelope = match envelope::decode(message) {
             Ok(e) => e,
-            Err(reason) => return self.dead_letter(message, &reason, attempt).await,
+            Err(reason) => return Prepared::Bad(reason),
         };
         let payload = match &envelope.payload {
             PayloadSource::Inline(p) => p.clone(),
             // The worker's identity may read more than this bucket: a reference elsewhere
             // would make it fetch, and store, whatever the publisher points at.
             PayloadSource::Claim(claim) if claim.bucket != self.payload_bucket => {
-                let reason = format!(
+                return Prepared::Bad(format!(
                     "claim reference {} is outside the payload bucket {}",
                     claim.uri(),
                     self.payload_bucket
-                );
-                return self.dead_letter(message, &reason, attempt).await;
+                ));
             }
             PayloadSource::Claim(claim) => {
                 match claim_check::fetch(&self.storage, claim, self.options.verify_claims).await {
                     Ok(p) => p,
-                    Err(ClaimError::Rejected(reason)) => {
-                        return self.dead_letter(message, &reason, attempt).await;
-                    }
+                    Err(ClaimError::Rejected(reason)) => return Prepared::Bad(reason),
                     Err(ClaimError::Transient(e)) => {
                         tracing::warn!(event_id = %envelope.event_id, "claim check: {e}");
-                        return Disposition::Nack(format!("claim check: {e}"));
+                        return Prepared::Failed(format!("claim check: {e}"));
                     }
                 }
             }
@@ -490,62 +839,86 @@ impl Core {
         let key_check = envelope::check_ordering_key(message, &envelope);
         let event = envelope.into_event(payload);
         if let Err(invalid) = event.validate() {
-            return self.dead_letter(message, &invalid.reason, attempt).await;
+            return Prepared::Bad(invalid.reason);
         }
         if let Err(reason) = key_check {
-            return self.dead_letter(message, &reason, attempt).await;
+            return Prepared::Bad(reason);
         }
         if self.faults.before_append(event.event_id, attempt) == Fault::Nack {
-            return Disposition::Nack("a fault injected before the append".into());
+            return Prepared::Failed("a fault injected before the append".into());
         }
-        let appended = match self.store.append(&event).await {
-            Ok(a) => a,
-            Err(AppendError::Database(e)) => {
-                tracing::warn!(event_id = %event.event_id, "event store: {e}");
-                return Disposition::Nack(format!("event store: {e}"));
+        Prepared::Event(event)
+    }
+
+    /// Settles a processed delivery: acked (the key moves on), or nacked (the key is blocked
+    /// behind it, unless this was its last attempt: then the service dead-letters it).
+    async fn finish<D: Delivery>(
+        &self,
+        message: &Message,
+        delivery: D,
+        attempt: u32,
+        disposition: Disposition,
+        blocked: &mut Option<(String, Instant)>,
+    ) {
+        let disposition = self.settle(message, attempt, disposition).await;
+        tracing::debug!(
+            key = %message.ordering_key,
+            message_id = %message.message_id,
+            attempt,
+            ack = matches!(disposition, Disposition::Ack),
+            "delivery"
+        );
+        match disposition {
+            Disposition::Ack => {
+                delivery.ack();
+                *blocked = None;
             }
-            Err(
-                e @ (AppendError::Invalid(_)
-                | AppendError::Conflict { .. }
-                | AppendError::Refused { .. }),
-            ) => {
-                return self.dead_letter(message, &e.to_string(), attempt).await;
+            Disposition::Nack(_) => {
+                self.stats.nacked.fetch_add(1, Ordering::Relaxed);
+                delivery.nack();
+                // Only a failed dead-letter publish on the last attempt ends here: then
+                // the service dead-letters it, and the key moves on.
+                let last_attempt = self.last_attempt(attempt);
+                *blocked = (!last_attempt).then(|| (message.message_id.clone(), Instant::now()));
             }
-        };
-        match appended {
-            Appended::Stored => self.stats.stored.fetch_add(1, Ordering::Relaxed),
-            Appended::AlreadyStored => self.stats.already_stored.fetch_add(1, Ordering::Relaxed),
-        };
-        if self.faults.after_append(event.event_id, attempt) == Fault::Nack {
-            return Disposition::Nack("a fault injected after the append".into());
         }
-        let already_published = self
-            .published
+    }
+
+    /// A later message of a blocked key: nacked, to come back after the failed one (or
+    /// dead-lettered with the reason if this was its last attempt).
+    async fn defer<D: Delivery>(
+        &self,
+        message: &Message,
+        delivery: D,
+        attempt: u32,
+        blocker: &str,
+    ) {
+        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(key = %message.ordering_key, message_id = %message.message_id, "deferred behind a failed message");
+        let held = Disposition::Nack(format!(
+            "held back behind message {blocker} of the same ordering key, which had not been stored; dead-lettered rather than stored out of order: replay it after that one"
+        ));
+        match self.settle(message, attempt, held).await {
+            Disposition::Ack => delivery.ack(),
+            Disposition::Nack(_) => delivery.nack(),
+        }
+    }
+
+    fn was_published(&self, event_id: uuid::Uuid) -> bool {
+        self.published
             .lock()
-            .map(|set| set.contains(&event.event_id))
-            .unwrap_or(false);
-        if !already_published {
-            let merged = Message::new()
-                .set_data(message.data.clone())
-                .set_ordering_key(message.ordering_key.clone())
-                .set_attributes(envelope::merged_attributes(&message.attributes, &event));
-            if let Err(e) = self.merged.publish(merged).await {
-                tracing::warn!(event_id = %event.event_id, "publishing to {}: {e}", self.options.merged_topic);
-                self.merged.resume_publish(message.ordering_key.clone());
-                return Disposition::Nack(format!(
-                    "publishing to {}: {e}",
-                    self.options.merged_topic
-                ));
+            .map(|set| set.contains(&event_id))
+            .unwrap_or(false)
+    }
+
+    fn remember_published(&self, event_id: uuid::Uuid) {
+        if let Ok(mut set) = self.published.lock() {
+            // Bounded: forgetting only risks a duplicate on merged, which is at-least-once.
+            if set.len() >= PUBLISHED_MEMORY {
+                set.clear();
             }
-            if let Ok(mut set) = self.published.lock() {
-                // Bounded: forgetting only risks a duplicate on merged, which is at-least-once.
-                if set.len() >= PUBLISHED_MEMORY {
-                    set.clear();
-                }
-                set.insert(event.event_id);
-            }
+            set.insert(event_id);
         }
-        Disposition::Ack
     }
 
     /// Sends bad input to the dead-letter topic with its reason; acks only once that publish
@@ -650,4 +1023,441 @@ pub async fn run_until(
 /// Waits `backoff`, or less if a stop is asked for meanwhile.
 async fn pause(backoff: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = tokio::time::timeout(backoff, stop.changed()).await;
+}
+
+/// The batch path of the key loop, driven with exactly the batches a test chooses (the
+/// subscriber decides how messages are grouped in a real run): one local backbone per test.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::targets::{Backbone, TargetKind};
+
+    /// How each delivery was settled, in the order it happened.
+    #[derive(Clone, Default)]
+    struct Settled(Arc<Mutex<Vec<(String, &'static str)>>>);
+
+    impl Settled {
+        fn take(&self) -> Vec<(String, &'static str)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    struct Fake {
+        id: String,
+        attempt: u32,
+        settled: Settled,
+    }
+
+    impl Delivery for Fake {
+        fn attempt(&self) -> u32 {
+            self.attempt
+        }
+        fn ack(self) {
+            self.settled.0.lock().unwrap().push((self.id, "ack"));
+        }
+        fn nack(self) {
+            self.settled.0.lock().unwrap().push((self.id, "nack"));
+        }
+    }
+
+    /// Fails the listed events on their first delivery, before or after the append.
+    #[derive(Default)]
+    struct FirstAttempt {
+        before: HashSet<uuid::Uuid>,
+        after: HashSet<uuid::Uuid>,
+    }
+
+    impl Faults for FirstAttempt {
+        fn before_append(&self, event_id: uuid::Uuid, attempt: u32) -> Fault {
+            if attempt == 1 && self.before.contains(&event_id) {
+                Fault::Nack
+            } else {
+                Fault::None
+            }
+        }
+        fn after_append(&self, event_id: uuid::Uuid, attempt: u32) -> Fault {
+            if attempt == 1 && self.after.contains(&event_id) {
+                Fault::Nack
+            } else {
+                Fault::None
+            }
+        }
+    }
+
+    struct Rig {
+        // Held: dropping it stops the services.
+        _backbone: Backbone,
+        env: Environment,
+        core: Arc<Core>,
+        merged: String,
+        dead_letters: String,
+        settled: Settled,
+    }
+
+    impl Rig {
+        async fn start(scope: &str, faults: FirstAttempt) -> Rig {
+            let topology = Topology::of_repository("dev").expect("reading the dev Terraform");
+            let (backbone, deployment) = Backbone::up(TargetKind::Local, scope, &topology)
+                .await
+                .expect("starting a local backbone (see README: `./x install`)");
+            let env = deployment.environment;
+            let options = WorkerOptions::from_topology(&topology).unwrap();
+            let merged = topology
+                .worker_subscription(&options.merged_topic)
+                .expect("a subscription on the merged topic")
+                .name
+                .clone();
+            let dead_letters = topology
+                .subscriptions_on(&options.dead_letter_topic)
+                .find(|s| !s.is_acceptance())
+                .expect("the operators' dead-letter subscription")
+                .name
+                .clone();
+            let worker = Worker::connect(&env, options, Arc::new(faults))
+                .await
+                .unwrap();
+            Rig {
+                _backbone: backbone,
+                env,
+                core: worker.core,
+                merged,
+                dead_letters,
+                settled: Settled::default(),
+            }
+        }
+
+        /// One batch, as the key loop would hand it over.
+        async fn batch(
+            &self,
+            messages: &[(&str, &Message)],
+            attempt: u32,
+            blocked: &mut Option<(String, Instant)>,
+        ) -> Vec<(String, &'static str)> {
+            let batch = messages
+                .iter()
+                .map(|(id, m)| {
+                    let delivery = Fake {
+                        id: id.to_string(),
+                        attempt,
+                        settled: self.settled.clone(),
+                    };
+                    ((*m).clone().set_message_id(*id), delivery)
+                })
+                .collect();
+            self.core.run_batch(batch, blocked).await;
+            self.settled.take()
+        }
+
+        /// The key's events in ledger order.
+        async fn ledger(&self, e: &NewEvent) -> Vec<uuid::Uuid> {
+            self.core
+                .store
+                .stream(&e.account_id, &e.aggregate_type, &e.aggregate_id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|row| row.event_id)
+                .collect()
+        }
+
+        /// What `subscription` holds: pulled until `expected` messages came, and half a
+        /// second longer to catch any extra copy.
+        async fn pull(&self, subscription: &str, expected: usize) -> Vec<Message> {
+            let subscriber = self.env.pubsub.subscriber().await.unwrap();
+            let mut stream = subscriber
+                .subscribe(self.env.pubsub.subscription_path(subscription))
+                .build();
+            let mut messages = Vec::new();
+            let mut deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, stream.next()).await {
+                    Ok(Some(Ok((message, handler)))) => {
+                        handler.ack();
+                        messages.push(message);
+                        if messages.len() == expected {
+                            deadline = Instant::now() + Duration::from_millis(500);
+                        }
+                    }
+                    Ok(Some(Err(e))) => panic!("pulling {subscription}: {e}"),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            messages
+        }
+    }
+
+    fn events(n: usize) -> Vec<NewEvent> {
+        let aggregate_id = format!("SO-{}", uuid::Uuid::new_v4().simple());
+        (0..n)
+            .map(|i| NewEvent {
+                account_id: "TSTDRV1000001".into(),
+                event_id: uuid::Uuid::new_v4(),
+                aggregate_type: "salesorder".into(),
+                aggregate_id: aggregate_id.clone(),
+                payload: format!(r#"{{"revision":{i}}}"#),
+                created_at: chrono::Utc::now(),
+            })
+            .collect()
+    }
+
+    fn ids(events: &[&NewEvent]) -> Vec<uuid::Uuid> {
+        events.iter().map(|e| e.event_id).collect()
+    }
+
+    fn event_ids(messages: &[Message]) -> Vec<uuid::Uuid> {
+        messages
+            .iter()
+            .map(|m| {
+                m.attributes[envelope::EVENT_ID]
+                    .parse()
+                    .expect("an event_id attribute")
+            })
+            .collect()
+    }
+
+    fn settled(ids: &[&str], how: &'static str) -> Vec<(String, &'static str)> {
+        ids.iter().map(|id| (id.to_string(), how)).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_before_the_append_mid_batch_blocks_the_rest_of_the_key() {
+        let e = events(6);
+        let faults = FirstAttempt {
+            before: HashSet::from([e[2].event_id]),
+            ..FirstAttempt::default()
+        };
+        let rig = Rig::start("batch-before", faults).await;
+        let m: Vec<Message> = e.iter().map(envelope::inline_message).collect();
+        let names = ["m1", "m2", "m3", "m4", "m5", "m6"];
+        let all: Vec<(&str, &Message)> = names.iter().copied().zip(&m).collect();
+        let mut blocked = None;
+
+        let first = rig.batch(&all, 1, &mut blocked).await;
+        let mut expected = settled(&names[..2], "ack");
+        expected.extend(settled(&names[2..], "nack"));
+        assert_eq!(
+            first, expected,
+            "m3 fails: m1 and m2 acked, m4..m6 held back"
+        );
+        assert_eq!(blocked.as_ref().map(|(b, _)| b.as_str()), Some("m3"));
+        assert_eq!(rig.ledger(&e[0]).await, ids(&[&e[0], &e[1]]));
+        assert_eq!(rig.core.stats.deferred.load(Ordering::Relaxed), 3);
+
+        // The service redelivers m3 first, then the rest of the key.
+        let again = rig.batch(&all[2..], 2, &mut blocked).await;
+        assert_eq!(again, settled(&names[2..], "ack"));
+        assert!(blocked.is_none());
+        let in_order: Vec<&NewEvent> = e.iter().collect();
+        assert_eq!(rig.ledger(&e[0]).await, ids(&in_order));
+        let merged = rig.pull(&rig.merged, 6).await;
+        assert_eq!(
+            event_ids(&merged),
+            ids(&in_order),
+            "merged: in order, once each"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_after_the_append_mid_batch_holds_back_what_the_statement_stored() {
+        let e = events(5);
+        let faults = FirstAttempt {
+            after: HashSet::from([e[1].event_id]),
+            ..FirstAttempt::default()
+        };
+        let rig = Rig::start("batch-after", faults).await;
+        let m: Vec<Message> = e.iter().map(envelope::inline_message).collect();
+        let names = ["m1", "m2", "m3", "m4", "m5"];
+        let all: Vec<(&str, &Message)> = names.iter().copied().zip(&m).collect();
+        let mut blocked = None;
+
+        let first = rig.batch(&all, 1, &mut blocked).await;
+        let mut expected = settled(&names[..1], "ack");
+        expected.extend(settled(&names[1..], "nack"));
+        assert_eq!(
+            first, expected,
+            "m2 fails after its append: m3..m5 held back"
+        );
+        assert_eq!(blocked.as_ref().map(|(b, _)| b.as_str()), Some("m2"));
+        // One statement stored them all, in order; only m1 went on to merged.
+        let in_order: Vec<&NewEvent> = e.iter().collect();
+        assert_eq!(rig.ledger(&e[0]).await, ids(&in_order));
+
+        let again = rig.batch(&all[1..], 2, &mut blocked).await;
+        assert_eq!(again, settled(&names[1..], "ack"));
+        assert_eq!(
+            rig.ledger(&e[0]).await,
+            ids(&in_order),
+            "replays store nothing"
+        );
+        assert_eq!(rig.core.stats.already_stored.load(Ordering::Relaxed), 4);
+        let merged = rig.pull(&rig.merged, 5).await;
+        assert_eq!(
+            event_ids(&merged),
+            ids(&in_order),
+            "merged: in order, once each"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_refused_mid_batch_fails_only_its_own_message_and_its_last_attempt_lets_the_key_go_on()
+     {
+        let e = events(3);
+        let rig = Rig::start("batch-publish", FirstAttempt::default()).await;
+        // An attribute key over Pub/Sub's 256 bytes: the worker passes attributes on to
+        // merged, where the service refuses it (and the client pauses the key).
+        let mut refused = envelope::inline_message(&e[1]);
+        refused.attributes.insert("k".repeat(300), "v".into());
+        let m = [
+            envelope::inline_message(&e[0]),
+            refused,
+            envelope::inline_message(&e[2]),
+        ];
+        let names = ["m1", "m2", "m3"];
+        let all: Vec<(&str, &Message)> = names.iter().copied().zip(&m).collect();
+        let mut blocked = None;
+
+        let first = rig.batch(&all, 1, &mut blocked).await;
+        let mut expected = settled(&names[..1], "ack");
+        expected.extend(settled(&names[1..], "nack"));
+        assert_eq!(
+            first, expected,
+            "m2 is refused at publish: m1, refused with it in one request, is published on its own; m3 held back"
+        );
+        assert_eq!(blocked.as_ref().map(|(b, _)| b.as_str()), Some("m2"));
+
+        // The subscription's last attempt: m2 is given up (dead-lettered with the reason),
+        // and m3, whose publish the paused key had failed, is published after it.
+        let last = rig.core.options.max_delivery_attempts.unwrap();
+        let again = rig.batch(&all[1..], last, &mut blocked).await;
+        assert_eq!(again, settled(&names[1..], "ack"));
+        assert!(blocked.is_none());
+        assert_eq!(rig.ledger(&e[0]).await, ids(&[&e[0], &e[1], &e[2]]));
+        let merged = rig.pull(&rig.merged, 2).await;
+        assert_eq!(event_ids(&merged), ids(&[&e[0], &e[2]]));
+        let dead = rig.pull(&rig.dead_letters, 1).await;
+        assert_eq!(event_ids(&dead), ids(&[&e[1]]));
+        let reason = &dead[0].attributes[envelope::DEAD_LETTER_REASON];
+        assert!(
+            reason.contains("given up on delivery attempt") && reason.contains("publishing to"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_statement_nacks_its_first_message_and_on_the_last_attempt_each_is_tried_in_turn()
+     {
+        use sqlx::{ConnectOptions, Executor};
+        let e = events(3);
+        let rig = Rig::start("batch-database", FirstAttempt::default()).await;
+        let mut admin = rig
+            .env
+            .event_store_admin
+            .connect_options()
+            .connect()
+            .await
+            .unwrap();
+        let grant = |revoke: bool| {
+            crate::event_store::trusted_sql(format!(
+                "{} INSERT ON event_store {} '{}'@'%'",
+                if revoke { "REVOKE" } else { "GRANT" },
+                if revoke { "FROM" } else { "TO" },
+                rig.env.event_store.username
+            ))
+        };
+        // The worker may not INSERT: to the worker, a database failing every statement.
+        admin.execute(grant(true)).await.unwrap();
+        let m: Vec<Message> = e.iter().map(envelope::inline_message).collect();
+        let names = ["m1", "m2", "m3"];
+        let all: Vec<(&str, &Message)> = names.iter().copied().zip(&m).collect();
+        let mut blocked = None;
+
+        let first = rig.batch(&all, 1, &mut blocked).await;
+        assert_eq!(
+            first,
+            settled(&names, "nack"),
+            "m1 fails, m2 and m3 held back"
+        );
+        assert_eq!(blocked.as_ref().map(|(b, _)| b.as_str()), Some("m1"));
+        assert_eq!(rig.core.stats.deferred.load(Ordering::Relaxed), 2);
+
+        // On their last attempt each is tried again, fails and is given up, in order.
+        let last = rig.core.options.max_delivery_attempts.unwrap();
+        let appends = rig.core.stats.appends.load(Ordering::Relaxed);
+        let given_up = rig.batch(&all, last, &mut blocked).await;
+        assert_eq!(given_up, settled(&names, "ack"));
+        assert_eq!(
+            rig.core.stats.appends.load(Ordering::Relaxed) - appends,
+            3,
+            "one statement per message once the one before it was given up"
+        );
+        let dead = rig.pull(&rig.dead_letters, 3).await;
+        assert_eq!(event_ids(&dead), ids(&[&e[0], &e[1], &e[2]]));
+        for d in &dead {
+            let reason = &d.attributes[envelope::DEAD_LETTER_REASON];
+            assert!(
+                reason.contains("given up") && reason.contains("INSERT"),
+                "{reason}"
+            );
+        }
+
+        // The database is back: a replay stores them, in order.
+        admin.execute(grant(false)).await.unwrap();
+        let replay = rig.batch(&all, 1, &mut blocked).await;
+        assert_eq!(replay, settled(&names, "ack"));
+        assert_eq!(rig.ledger(&e[0]).await, ids(&[&e[0], &e[1], &e[2]]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_input_mid_batch_is_dead_lettered_and_its_neighbours_stored_in_order() {
+        let e = events(6);
+        let rig = Rig::start("batch-bad", FirstAttempt::default()).await;
+        // e[0] is in the ledger already; the batch brings a different event under its id.
+        rig.core.store.append(&e[0]).await.unwrap();
+        let mut conflicting = e[0].clone();
+        conflicting.payload = r#"{"revision":"rewritten"}"#.into();
+        let unreadable = envelope::inline_message(&e[3]).set_data("{not json");
+        let m = [
+            envelope::inline_message(&e[1]),
+            envelope::inline_message(&e[2]),
+            unreadable,
+            envelope::inline_message(&conflicting),
+            envelope::inline_message(&e[4]),
+            envelope::inline_message(&e[5]),
+        ];
+        let names = ["m1", "m2", "bad", "conflict", "m5", "m6"];
+        let all: Vec<(&str, &Message)> = names.iter().copied().zip(&m).collect();
+        let mut blocked = None;
+
+        let settled_now = rig.batch(&all, 1, &mut blocked).await;
+        assert_eq!(settled_now, settled(&names, "ack"));
+        assert!(blocked.is_none(), "bad input does not block its key");
+        assert_eq!(
+            rig.ledger(&e[0]).await,
+            ids(&[&e[0], &e[1], &e[2], &e[4], &e[5]])
+        );
+        let merged = rig.pull(&rig.merged, 4).await;
+        assert_eq!(event_ids(&merged), ids(&[&e[1], &e[2], &e[4], &e[5]]));
+        let dead = rig.pull(&rig.dead_letters, 2).await;
+        let reasons: HashMap<uuid::Uuid, String> = dead
+            .iter()
+            .map(|d| {
+                (
+                    d.attributes[envelope::EVENT_ID].parse().unwrap(),
+                    d.attributes[envelope::DEAD_LETTER_REASON].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(reasons.len(), 2, "dead letters: {reasons:?}");
+        assert!(
+            reasons[&e[3].event_id].contains("JSON"),
+            "{:?}",
+            reasons[&e[3].event_id]
+        );
+        assert!(
+            reasons[&e[0].event_id].contains("different content"),
+            "{:?}",
+            reasons[&e[0].event_id]
+        );
+    }
 }

@@ -91,19 +91,34 @@ pub async fn deploy(
     };
     let environment = environment(services, topology, &names);
     let http = crate::storage::http_client()?;
+    let started = std::time::Instant::now();
+    let took = |what: &str| tracing::debug!("{what} provisioned in {:?}", started.elapsed());
     let (_, divergences, _, _) = tokio::try_join!(
         async {
             apply_pubsub(&environment.pubsub, topology)
                 .await
-                .context("provisioning Pub/Sub from the Terraform topology")
+                .context("provisioning Pub/Sub from the Terraform topology")?;
+            took("Pub/Sub");
+            Ok(())
         },
         async {
-            apply_bucket(&environment.storage, &http, &names.bucket, &topology.bucket)
-                .await
-                .context("creating the payload bucket")
+            let divergences =
+                apply_bucket(&environment.storage, &http, &names.bucket, &topology.bucket)
+                    .await
+                    .context("creating the payload bucket")?;
+            took("the bucket");
+            Ok(divergences)
         },
-        databases::event_store(services, &names.event_store_database, migrator),
-        databases::primary(services, &names.primary_database),
+        async {
+            databases::event_store(services, &names.event_store_database, migrator).await?;
+            took("the event store");
+            Ok(())
+        },
+        async {
+            databases::primary(services, &names.primary_database).await?;
+            took("the primary");
+            Ok::<_, anyhow::Error>(())
+        },
     )?;
     Ok((environment, divergences))
 }

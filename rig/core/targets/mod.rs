@@ -189,10 +189,15 @@ impl Backbone {
     /// [`ContainersBackbone::attach`]); provisioned like any other target's.
     pub async fn with_target(kind: TargetKind, target: Box<dyn Target>) -> anyhow::Result<Self> {
         let backbone = Self { kind, target };
+        for (service, took) in backbone.startup_times() {
+            tracing::debug!("{service} answered after {took:?}");
+        }
         if backbone.capabilities().provisions {
+            let started = Instant::now();
             crate::provision::accounts(backbone.services())
                 .await
                 .map_err(|e| backbone.with_logs(e))?;
+            tracing::debug!("accounts created in {:?}", started.elapsed());
         }
         Ok(backbone)
     }
