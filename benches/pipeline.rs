@@ -25,7 +25,7 @@ use rig::targets::{Backbone, TargetKind};
 use rig::topology::Topology;
 use rig::worker::{NoFaults, WorkerOptions, WorkerStats};
 use scenarios::fixtures::{self, Aggregate};
-use scenarios::support::{Collector, RunningWorker};
+use scenarios::support::{Collector, RunningWorker, wait_for_every};
 use sqlx::{ConnectOptions, Connection, Executor};
 
 const EVENTS: usize = 10_000;
@@ -149,7 +149,7 @@ async fn bare_receive(
     publish(&env, &worker_spec.topic, events).await?;
     let started = Instant::now();
     let baseline = Collector::start(&env, &twin.name).await?;
-    if !until(Duration::from_secs(120), || async {
+    if !wait_for_every(POLL, Duration::from_secs(120), || async {
         baseline.len() >= EVENTS
     })
     .await
@@ -201,7 +201,7 @@ async fn worker_run(
     let worker = RunningWorker::start(&env, options, Arc::new(NoFaults)).await?;
     // Merged is only published to after the append: once it holds every event, the count
     // confirms the ledger does too.
-    let done = until(Duration::from_secs(300), || async {
+    let done = wait_for_every(POLL, Duration::from_secs(300), || async {
         merged.len() >= EVENTS && store.count().await.unwrap_or(0) as usize >= EVENTS
     })
     .await;
@@ -264,21 +264,4 @@ fn cpu_of(pid: u32) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
     // utime and stime, in clock ticks (100 per second on Linux).
     (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
-}
-
-async fn until<F, Fut>(limit: Duration, mut done: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if done().await {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }

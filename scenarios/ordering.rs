@@ -12,7 +12,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::fixtures::{self, Aggregate};
-use super::support::{Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of};
+use super::support::{
+    Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of, first_copies_by_key,
+};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
 use rig::envelope;
 use rig::pubsub::PubsubImplementation;
@@ -371,13 +373,14 @@ async fn check(
     // Under injected faults Pub/Sub is at-least-once towards the worker, and a duplicate may
     // reach the other worker, which has not published it: a repeat on merged is allowed, so
     // merged is judged on each event's first appearance. The ledger gets no such allowance.
-    let mut first_seen = HashSet::new();
-    let delivered = by_key(
-        merged
-            .iter()
-            .filter_map(|m| Some((m.ordering_key.clone(), event_id_of(m)?)))
-            .filter(|(_, id)| pubsub_faults.is_none() || first_seen.insert(*id)),
-    );
+    let delivered = match pubsub_faults {
+        Some(_) => first_copies_by_key(&merged),
+        None => by_key(
+            merged
+                .iter()
+                .filter_map(|m| Some((m.ordering_key.clone(), event_id_of(m)?))),
+        ),
+    };
     let repeats_on_merged = merged.len() - delivered.values().map(Vec::len).sum::<usize>();
     let mut violations = Vec::new();
     let mut stalled_keys = Vec::new();

@@ -20,7 +20,17 @@ use rig::producer::Producer;
 use rig::worker::{Fault, Faults, Worker, WorkerOptions, WorkerStats};
 
 /// Polls `done` every 100 ms until it returns true or `limit` passes; returns whether it did.
-pub async fn wait_for<F, Fut>(limit: Duration, mut done: F) -> bool
+pub async fn wait_for<F, Fut>(limit: Duration, done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for_every(Duration::from_millis(100), limit, done).await
+}
+
+/// [`wait_for`], polling every `poll` (benchmarks poll finely, so the poll does not pad what
+/// they time).
+pub async fn wait_for_every<F, Fut>(poll: Duration, limit: Duration, mut done: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -33,7 +43,7 @@ where
         if start.elapsed() > limit {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -280,6 +290,17 @@ pub fn by_key<I: IntoIterator<Item = (String, uuid::Uuid)>>(
         map.entry(key).or_default().push(id);
     }
     map
+}
+
+/// Each key's event ids on `messages` in arrival order, every event at its first appearance
+/// only: where Pub/Sub's at-least-once delivery allows repeats, a gap or a reordering still
+/// shows.
+pub fn first_copies_by_key(messages: &[Message]) -> HashMap<String, Vec<uuid::Uuid>> {
+    let mut seen = std::collections::HashSet::new();
+    by_key(messages.iter().filter_map(|m| {
+        let id = event_id_of(m)?;
+        seen.insert(id).then(|| (m.ordering_key.clone(), id))
+    }))
 }
 
 /// Runs an async block on the scenario runtime from a test thread.

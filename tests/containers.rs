@@ -8,7 +8,7 @@
 //! machine builds the images (`compose/images.sh`, a few minutes); later runs reuse them.
 
 mod support;
-use support::processes::signal;
+use support::processes::{signal, wait_for};
 use support::{connect, dev_topology, runtime};
 
 use std::collections::HashMap;
@@ -39,19 +39,6 @@ fn the_rig() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rig"));
     command.env("RIG_LOG", "rig=info");
     command
-}
-
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Ids of every container (running or not) with `label=value`.
