@@ -233,6 +233,26 @@ impl Signals {
 /// Writes a file only its owner can read: the environment holds database passwords. A new
 /// file (mode 0600) replaces the old one by rename, so an existing file's mode (say 0644), or
 /// a reader holding it open, never sees the passwords.
+/// The environment as `export` lines on stdout, and into `env_file` (private) when given.
+fn print_exports(
+    env: &rig::environment::Environment,
+    env_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let exports: Vec<String> = env
+        .env_vars()
+        .iter()
+        .map(|(name, value)| shell_export(name, value))
+        .collect();
+    for line in &exports {
+        println!("{line}");
+    }
+    if let Some(path) = env_file {
+        write_private(path, &(exports.join("\n") + "\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
@@ -294,18 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Backbone::with_target(TargetKind::Containers, Box::new(attached)).await?;
             let deployment = backbone.deploy(DEFAULT_SCOPE, &topology).await?;
             let env = &deployment.environment;
-            let exports: Vec<String> = env
-                .env_vars()
-                .iter()
-                .map(|(name, value)| shell_export(name, value))
-                .collect();
-            for line in &exports {
-                println!("{line}");
-            }
-            if let Some(path) = &env_file {
-                write_private(path, &(exports.join("\n") + "\n"))
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            print_exports(env, env_file.as_deref())?;
             eprintln!(
                 "compose stack provisioned in {:.2}s — event store engine: {}",
                 started.elapsed().as_secs_f64(),
@@ -337,17 +346,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let env = &deployment.environment;
-            let exports: Vec<String> = env
-                .env_vars()
-                .iter()
-                .map(|(name, value)| shell_export(name, value))
-                .collect();
-            for line in &exports {
-                println!("{line}");
-            }
+            print_exports(env, env_file.as_deref())?;
             if let Some(path) = &env_file {
-                write_private(path, &(exports.join("\n") + "\n"))
-                    .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!(
                     "environment written to {}: `source {}` in another shell",
                     path.display(),
