@@ -996,25 +996,34 @@ fn check_topic_fields(topic: &Topic) -> Result<()> {
     Ok(())
 }
 
-/// Validates a subscription and fills the defaults the real service reports back.
-fn normalise_subscription(s: &mut Subscription) -> Result<(Option<Filter>, Option<FaultPlan>)> {
-    if s.bigquery_config.is_some()
-        || s.cloud_storage_config.is_some()
-        || s.bigtable_config.is_some()
-    {
+/// What this service delivers: pull only. The same answer over gRPC and REST (whose
+/// conversion drops these fields, so it asks before converting).
+pub(crate) fn supported_delivery(export: bool, push: bool, transforms: bool) -> Result<()> {
+    if export {
         return Err(ServiceError::unsupported(
             "Export subscriptions (BigQuery, Cloud Storage, Bigtable)",
         ));
     }
-    if s.push_config
-        .as_ref()
-        .is_some_and(|p| !p.push_endpoint.is_empty())
-    {
+    if push {
         return Err(ServiceError::unsupported("Push delivery"));
     }
-    if !s.message_transforms.is_empty() {
+    if transforms {
         return Err(ServiceError::unsupported("Subscription message_transforms"));
     }
+    Ok(())
+}
+
+/// Validates a subscription and fills the defaults the real service reports back.
+fn normalise_subscription(s: &mut Subscription) -> Result<(Option<Filter>, Option<FaultPlan>)> {
+    supported_delivery(
+        s.bigquery_config.is_some()
+            || s.cloud_storage_config.is_some()
+            || s.bigtable_config.is_some(),
+        s.push_config
+            .as_ref()
+            .is_some_and(|p| !p.push_endpoint.is_empty()),
+        !s.message_transforms.is_empty(),
+    )?;
     s.ack_deadline_seconds = limits::check_subscription_ack_deadline(s.ack_deadline_seconds)?;
     let filter = Filter::parse(&s.filter).map_err(|e| ServiceError::invalid(e.to_string()))?;
     if let Some(p) = &mut s.dead_letter_policy {

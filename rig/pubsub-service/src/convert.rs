@@ -81,23 +81,15 @@ pub fn topic_out(t: proto::Topic) -> model::Topic {
 }
 
 pub fn subscription_in(s: model::Subscription) -> Result<proto::Subscription> {
-    if s.bigquery_config.is_some()
-        || s.cloud_storage_config.is_some()
-        || s.bigtable_config.is_some()
-    {
-        return Err(ServiceError::unsupported(
-            "Export subscriptions (BigQuery, Cloud Storage, Bigtable)",
-        ));
-    }
-    if s.push_config
-        .as_ref()
-        .is_some_and(|p| !p.push_endpoint.is_empty())
-    {
-        return Err(ServiceError::unsupported("Push delivery"));
-    }
-    if !s.message_transforms.is_empty() {
-        return Err(ServiceError::unsupported("Subscription message_transforms"));
-    }
+    crate::broker::supported_delivery(
+        s.bigquery_config.is_some()
+            || s.cloud_storage_config.is_some()
+            || s.bigtable_config.is_some(),
+        s.push_config
+            .as_ref()
+            .is_some_and(|p| !p.push_endpoint.is_empty()),
+        !s.message_transforms.is_empty(),
+    )?;
     Ok(proto::Subscription {
         name: s.name,
         topic: s.topic,
