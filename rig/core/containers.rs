@@ -293,9 +293,26 @@ pub fn remove_abandoned() -> anyhow::Result<usize> {
     }
     let mut args = vec!["rm", "-f", "-v"];
     args.extend(gone.iter().map(|c| c.id.as_str()));
-    docker_output(&args, Duration::from_secs(60))
-        .map_err(|e| anyhow::anyhow!("removing abandoned containers: {e}"))?;
+    match docker_output(&args, Duration::from_secs(60)) {
+        Ok(_) => {}
+        // Two rigs starting at once sweep the same leftovers: the other one's removal is as
+        // good as ours.
+        Err(e) if removed_by_someone_else(&e) => {}
+        Err(e) => anyhow::bail!("removing abandoned containers: {e}"),
+    }
     Ok(gone.len())
+}
+
+/// Whether every complaint of `docker rm` is that a container is already being removed or
+/// already gone.
+fn removed_by_someone_else(stderr: &str) -> bool {
+    let mut lines = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .peekable();
+    lines.peek().is_some()
+        && lines.all(|l| l.contains("is already in progress") || l.contains("No such container"))
 }
 
 /// The containers this process's run still has (for tests and `rig up`'s listing).
@@ -325,6 +342,15 @@ pub fn log_tail(id: &str, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sweep_racing_another_rig_counts_its_removals_as_done() {
+        let racing = "Error response from daemon: removal of container 1c6420c12695 is already in progress\nError response from daemon: No such container: dcdc2c78fc12";
+        assert!(removed_by_someone_else(racing));
+        let mixed = "Error response from daemon: removal of container 1c6420c12695 is already in progress\nError response from daemon: cannot remove container: device or resource busy";
+        assert!(!removed_by_someone_else(mixed));
+        assert!(!removed_by_someone_else(""));
+    }
 
     #[test]
     fn image_references_split_at_the_tag_not_the_registry_port() {
