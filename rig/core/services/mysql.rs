@@ -388,6 +388,11 @@ async fn start_once(
         .map_err(|e| spawn_err(std::io::Error::other(e)))??;
     let port = free_port().map_err(spawn_err)?;
     let socket = dir.join(format!("{name}.sock"));
+    // Each server's temporary tables in its own dir: in the shared /tmp a test run saw one
+    // server's internal temp table vanish under it (six test processes, a dozen servers), and
+    // the rig's private dir goes with the rig.
+    let tmpdir = dir.join(format!("{name}-tmp"));
+    std::fs::create_dir_all(&tmpdir).map_err(spawn_err)?;
     let init_file = dir.join(format!("{name}-init.sql"));
     write_owner_only(&init_file, &init_sql(engine, admin_password)).map_err(spawn_err)?;
     let mut command = Command::new(&engine.server);
@@ -396,6 +401,7 @@ async fn start_once(
         .arg("--user=root")
         .arg(format!("--datadir={}", datadir.display()))
         .arg(format!("--socket={}", socket.display()))
+        .arg(format!("--tmpdir={}", tmpdir.display()))
         .arg(format!(
             "--pid-file={}",
             dir.join(format!("{name}.pid")).display()
