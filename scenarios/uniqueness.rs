@@ -1,8 +1,14 @@
 //! Scenario 3 — event_id uniqueness.
 //!
-//! Producer retries (the same event published again), redeliveries (a nack after the append)
-//! and several workers at once: exactly one row per event_id; the same event_id with a
-//! different payload is reported as a conflict on events.dlq, and nothing is overwritten.
+//! Producer retries (the same event published again, at once and after the original is
+//! stored), redeliveries (a nack after the append) and several workers at once: exactly one
+//! row per event_id; the same event_id with a different payload is reported as a conflict on
+//! events.dlq, and nothing is overwritten.
+//!
+//! Why late retries: the worker takes a key's queued messages together and writes the first
+//! copy of an event_id in a batch once, so copies that arrive together never reach the ledger
+//! twice whatever its keys are. A copy that arrives after the original is stored only meets
+//! the ledger's UNIQUE KEY; every case has one, so the property guards the key every time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +32,21 @@ pub const SCENARIO: Scenario = Scenario {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Per event: extra identical publishes, whether a conflicting variant follows, and
-    /// whether the worker "crashes" after appending it once.
-    events: Vec<(u8, bool, bool)>,
+    events: Vec<EventPlan>,
     workers: usize,
+}
+
+#[derive(Debug, Clone)]
+struct EventPlan {
+    /// Extra identical publishes, together with the original.
+    retries: u8,
+    /// Whether a conflicting variant follows.
+    conflict: bool,
+    /// Whether the worker "crashes" after appending it once.
+    crash: bool,
+    /// Identical publishes once the original is stored (never with `crash`: their delivery
+    /// count must be known to tell when they have been handled).
+    late: u8,
 }
 
 fn plan() -> impl Strategy<Value = Plan> {
@@ -39,15 +56,25 @@ fn plan() -> impl Strategy<Value = Plan> {
                 0u8..=2,
                 prop::bool::weighted(0.25),
                 prop::bool::weighted(0.2),
-            ),
+                0u8..=1,
+            )
+                .prop_map(|(retries, conflict, crash, late)| EventPlan {
+                    retries,
+                    conflict,
+                    crash,
+                    late: if crash { 0 } else { late },
+                }),
             2..=12,
         ),
         1usize..=3,
     )
         .prop_map(|(mut events, workers)| {
-            // Every case retries at least one event: the property is about duplicates.
+            // Every case retries one event at once and once it is stored: the property is
+            // about duplicates, and only the late copy meets the ledger's key.
             if let Some(first) = events.first_mut() {
-                first.0 = first.0.max(1);
+                first.retries = first.retries.max(1);
+                first.crash = false;
+                first.late = first.late.max(1);
             }
             Plan { events, workers }
         })
@@ -74,7 +101,9 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
     let mut originals = Vec::new();
     let mut publishes: Vec<NewEvent> = Vec::new();
     let mut conflicts: HashMap<uuid::Uuid, NewEvent> = HashMap::new();
-    for (i, (retries, conflict, crash)) in plan.events.iter().enumerate() {
+    // Events retried late: the event, how many copies reach the worker before, and after.
+    let mut late: Vec<(NewEvent, usize, usize)> = Vec::new();
+    for (i, planned) in plan.events.iter().enumerate() {
         let event = case.event(
             &Aggregate {
                 account: 2,
@@ -83,10 +112,10 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
             },
             1,
         );
-        for _ in 0..=*retries {
+        for _ in 0..=planned.retries {
             publishes.push(event.clone());
         }
-        if *conflict {
+        if planned.conflict {
             let mut variant = event.clone();
             let mut payload: serde_json::Value = serde_json::from_str(&variant.payload)?;
             payload["memo"] = serde_json::Value::String("edited after the fact".into());
@@ -94,16 +123,18 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
             publishes.push(variant.clone());
             conflicts.insert(event.event_id, variant);
         }
-        if *crash {
+        if planned.crash {
             faults.fail_once_after_append(event.event_id);
+        }
+        if planned.late > 0 {
+            let earlier = 1 + usize::from(planned.retries) + usize::from(planned.conflict);
+            late.push((event.clone(), earlier, usize::from(planned.late)));
         }
         originals.push(event);
     }
     let faults = Arc::new(faults);
-    case.producer(&raw_topic)
-        .await?
-        .publish_all(&publishes)
-        .await?;
+    let producer = case.producer(&raw_topic).await?;
+    producer.publish_all(&publishes).await?;
     let store = case.ledger().await?;
     let mut workers = Vec::new();
     for _ in 0..plan.workers {
@@ -121,6 +152,23 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
             || async {
                 store.count().await.unwrap_or(0) as usize + dlq.len()
                     >= expected_rows + conflicts.len()
+            },
+        )
+        .await;
+    // The producer retries after a timeout: by now the originals are stored.
+    let retried: Vec<NewEvent> = late
+        .iter()
+        .flat_map(|(event, _, copies)| std::iter::repeat_n(event.clone(), *copies))
+        .collect();
+    producer.publish_all(&retried).await?;
+    let late_handled = case
+        .wait_for(
+            &format!("{} late retries handled", retried.len()),
+            Duration::from_secs(30),
+            || async {
+                late.iter().all(|(event, earlier, copies)| {
+                    faults.attempts(&event.event_id).len() >= earlier + copies
+                })
             },
         )
         .await;
@@ -193,6 +241,12 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
         if !settled {
             violations.push(format!(
                 "did not settle within {}s",
+                case.limit(Duration::from_secs(30)).as_secs()
+            ));
+        }
+        if !late_handled {
+            violations.push(format!(
+                "the late retries were not all handled within {}s",
                 case.limit(Duration::from_secs(30)).as_secs()
             ));
         }
