@@ -104,14 +104,25 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Replaces `from` by `to` in every `.tf` file of a copy of the Terraform and reloads it.
-fn terraform_edit(world: &World, from: &str, to: &str) -> anyhow::Result<BrokenWorld> {
+/// A copy of the repository's Terraform with each `(extension, from, to)` edit applied to
+/// every file of that extension: for tests that need other settings than the repository's
+/// (point `RIG_TERRAFORM_ROOT` or `Topology::load` at it). An edit that matches nothing is an
+/// error, so a copy never silently keeps the setting it was meant to change.
+pub fn terraform_copy(edits: &[(&str, &str, &str)]) -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     copy_tree(&Topology::default_root(), dir.path()).context("copying infra/terraform")?;
-    let edited = edit_files(dir.path(), "tf", from, to)?;
-    if edited == 0 {
-        bail!("no `{from}` in the Terraform: this mutation no longer applies, update it");
+    for (extension, from, to) in edits {
+        if edit_files(dir.path(), extension, from, to)? == 0 {
+            bail!("no `{from}` in the Terraform's .{extension} files: update this edit");
+        }
     }
+    Ok(dir)
+}
+
+/// Replaces `from` by `to` in every `.tf` file of a copy of the Terraform and reloads it.
+fn terraform_edit(world: &World, from: &str, to: &str) -> anyhow::Result<BrokenWorld> {
+    let dir = terraform_copy(&[("tf", from, to)])
+        .map_err(|e| anyhow::anyhow!("{e:#} (this mutation no longer applies)"))?;
     let topology = Topology::load(dir.path(), &world.topology.environment)?;
     Ok((
         World {

@@ -24,14 +24,21 @@ async fn probe_rows(config: &rig::event_store::DbConfig) -> i64 {
 /// A local backbone standing in for the dev project: the dev Terraform provisioned under
 /// `suitex-dev` on the emulator and fake-gcs-server, and a migrated `events_acceptance`.
 async fn standin(scope: &str) -> (rig::targets::Backbone, rig::environment::Environment) {
-    let (backbone, env) = support::deployed(scope).await;
-    let topology = support::dev_topology();
+    standin_with(scope, &support::dev_topology()).await
+}
+
+/// [`standin`] provisioned from another dev topology (an edited copy of the Terraform).
+async fn standin_with(
+    scope: &str,
+    topology: &rig::topology::Topology,
+) -> (rig::targets::Backbone, rig::environment::Environment) {
+    let (backbone, env) = support::deployed_with(scope, topology).await;
     // Provisioned as the Terraform would be, under the project it names.
     let pubsub = rig::pubsub::PubsubConnection {
         project_id: PROJECT.into(),
         ..env.pubsub.clone()
     };
-    rig::provision::apply_pubsub(&pubsub, &topology)
+    rig::provision::apply_pubsub(&pubsub, topology)
         .await
         .expect("provisioning suitex-dev on the emulator");
     rig::provision::apply_bucket(
@@ -68,18 +75,23 @@ fn validate_gcp(
 ) -> std::process::Output {
     let mut args = vec!["validate", "--json"];
     args.extend_from_slice(extra);
-    rig_on_gcp(standin, database, &args)
+    rig_on_gcp(standin, None, database, &args)
 }
 
 /// `rig <args> --target gcp --project suitex-dev --environment dev` against the stand-in, the
-/// worker's connection on `database`.
+/// worker's connection on `database`, reading the Terraform at `terraform_root` (default: the
+/// repository's).
 fn rig_on_gcp(
     standin: &rig::environment::Environment,
+    terraform_root: Option<&std::path::Path>,
     database: &str,
     args: &[&str],
 ) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rig"));
     command.args(args);
+    if let Some(root) = terraform_root {
+        command.env("RIG_TERRAFORM_ROOT", root);
+    }
     command.args([
         "--target",
         "gcp",
@@ -314,16 +326,43 @@ async fn count_rows(config: &rig::event_store::DbConfig, account_prefix: Option<
 /// left on the probe-only subscriptions afterwards.
 #[tokio::test(flavor = "multi_thread")]
 async fn scenarios_on_target_gcp_use_only_the_acceptance_resources_and_leave_nothing_behind() {
-    let (backbone, env) = standin("gcpscenarios").await;
-    let topology = support::dev_topology();
+    // The dev Terraform with the shortest timings Pub/Sub accepts (ack deadline 10 s, backoff
+    // 1 s): what is under test is which resources the run touches and what it leaves, and the
+    // run waits out its subscriptions' redelivery bound twice (its drain, then this read-back).
+    // On dev's own 60 s + 10 s that alone took ~150 s, the whole suite's longest wait.
+    let terraform = scenarios::mutations::terraform_copy(&[
+        ("tf", "default     = 60", "default     = 10"),
+        (
+            "tfvars",
+            "retry_maximum_backoff = \"10s\"",
+            "retry_maximum_backoff = \"1s\"",
+        ),
+    ])
+    .expect("copying the Terraform with short timings");
+    let topology = rig::topology::Topology::load(terraform.path(), "dev")
+        .expect("loading the short-timed dev topology");
+    for subscription in &topology.subscriptions {
+        assert!(
+            rig::acceptance::redelivery_bound(subscription) <= std::time::Duration::from_secs(11),
+            "{}: the copy's edits no longer shorten its timings",
+            subscription.name
+        );
+    }
+    let (backbone, env) = standin_with("gcpscenarios", &topology).await;
     let attribute = topology.probe_attribute().expect("probe attribute");
     let acceptance_db = env.event_store.with_database("events_acceptance");
     let ledger_before = count_rows(&env.event_store, None).await;
     let acceptance_before = count_rows(&acceptance_db, None).await;
 
     let standin_env = env.clone();
+    let terraform_root = terraform.path().to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
-        rig_on_gcp(&standin_env, "events_acceptance", &["scenarios"])
+        rig_on_gcp(
+            &standin_env,
+            Some(&terraform_root),
+            "events_acceptance",
+            &["scenarios"],
+        )
     })
     .await
     .expect("scenarios task");

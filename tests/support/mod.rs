@@ -21,7 +21,13 @@ pub fn dev_topology() -> Topology {
 /// A fresh local backbone with `scope` deployed on it (a failed deploy's error carries the
 /// services' logs).
 pub async fn deployed(scope: &str) -> (Backbone, Environment) {
-    match Backbone::up(TargetKind::Local, scope, &dev_topology()).await {
+    deployed_with(scope, &dev_topology()).await
+}
+
+/// [`deployed`] with another topology (a test's edited copy of the Terraform).
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub async fn deployed_with(scope: &str, topology: &Topology) -> (Backbone, Environment) {
+    match Backbone::up(TargetKind::Local, scope, topology).await {
         Ok((backbone, deployment)) => (backbone, deployment.environment),
         Err(e) => panic!("bringing up the local backbone with scope {scope}: {e:#}"),
     }
