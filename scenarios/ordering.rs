@@ -398,7 +398,11 @@ async fn check(
             if !settled && want.starts_with(&got) {
                 stalled_keys.push(format!("{place} {key}: {} of {}", got.len(), want.len()));
             } else {
-                violations.push(format!("{place}, key {key}: {}", describe(want, &got)));
+                violations.push(format!(
+                    "{place}, key {key}: {}{}",
+                    describe(want, &got),
+                    trace(want, &faults, settled)
+                ));
             }
         }
     }
@@ -450,6 +454,25 @@ async fn check(
         divergences: vec![divergence],
         figures: Vec::new(),
     }))
+}
+
+/// Evidence for a violation: the delivery attempts of each of the key's events that reached
+/// the append step, by publish position, and whether the run had settled.
+fn trace(want: &[uuid::Uuid], faults: &FaultPlan, settled: bool) -> String {
+    let attempts: Vec<String> = want
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("{}: {:?}", i + 1, faults.attempts(id)))
+        .collect();
+    format!(
+        " (attempts that reached the append, by position: {}; {})",
+        attempts.join(", "),
+        if settled {
+            "the run had settled"
+        } else {
+            "the run had not settled: nothing moved for the stall window"
+        }
+    )
 }
 
 /// What is wrong with `got` compared with `want`, in publish positions.
