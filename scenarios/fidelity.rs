@@ -9,7 +9,7 @@
 //! `tests/scenarios.rs`) fails when it is stale.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rig::report::Outcome;
 
@@ -111,14 +111,28 @@ pub fn doc_path() -> PathBuf {
 }
 
 fn load(column: Column) -> Result<Option<Results>, String> {
-    let path = json_path(column);
-    match std::fs::read_to_string(&path) {
+    read_results(&json_path(column))
+}
+
+/// A recorded results file, `None` when nothing is recorded yet. Shared with the conformance
+/// suite's half of the page, as are [`write_results`] and [`with_lock_file`].
+pub fn read_results<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
+}
+
+/// Writes a results file as pretty JSON, creating its directory.
+pub fn write_results<T: serde::Serialize>(path: &Path, results: &T) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(results).map_err(|e| e.to_string())? + "\n";
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `doc` split at [`MARKER`]: (what comes before — the conformance suite's part —, the
@@ -163,12 +177,16 @@ pub fn coverage<'a>(
 /// Runs `f` holding a lock shared by every process recording at the same time (nextest runs
 /// each scenario in its own process).
 fn with_lock<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    let path = std::env::temp_dir().join("rig-scenario-fidelity.lock");
+    with_lock_file(&std::env::temp_dir().join("rig-scenario-fidelity.lock"), f)
+}
+
+/// Runs `f` holding an exclusive lock on the file at `path` (created if missing).
+pub fn with_lock_file<T>(path: &Path, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     file.lock()
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -222,11 +240,7 @@ pub fn record(column: Column, label: &str, reports: &[&ScenarioReport]) -> Resul
         results
             .results
             .retain(|name, _| scenarios.iter().any(|s| s.name == name));
-        let path = json_path(column);
-        std::fs::create_dir_all(directory())
-            .map_err(|e| format!("{}: {e}", directory().display()))?;
-        let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())? + "\n";
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        write_results(&json_path(column), &results)?;
         write_section(&scenarios)
     })
 }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::behaviours::Behaviour;
-use crate::implementation::{Implementation, repository_root, with_lock};
+use crate::implementation::{Implementation, repository_root};
+use scenarios::fidelity::with_lock_file;
 
 pub const RECORD_VAR: &str = "RIG_FIDELITY_RECORD";
 
@@ -60,14 +61,7 @@ pub fn label(implementation: Implementation) -> String {
 }
 
 fn load(implementation: Implementation) -> Result<Option<Results>, String> {
-    let path = json_path(implementation);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
+    scenarios::fidelity::read_results(&json_path(implementation))
 }
 
 /// Stores one outcome and regenerates the markdown, under a lock shared by every trial process
@@ -79,7 +73,7 @@ pub fn record(
     behaviours: &[Behaviour],
 ) -> Result<(), String> {
     let lock = std::env::temp_dir().join("rig-pubsub-fidelity.lock");
-    with_lock(&lock, || {
+    with_lock_file(&lock, || {
         let mut results = load(implementation)?.unwrap_or_default();
         results.label = label(implementation);
         results.results.insert(behaviour.to_string(), recorded);
@@ -87,14 +81,9 @@ pub fn record(
         results
             .results
             .retain(|name, _| behaviours.iter().any(|b| b.name == name));
-        let path = json_path(implementation);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())? + "\n";
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        scenarios::fidelity::write_results(&json_path(implementation), &results)?;
         write_doc(behaviours)
-    })?
+    })
 }
 
 /// Writes this suite's part of the page, keeping the scenario section after it as it is.
@@ -110,14 +99,14 @@ fn write_doc(behaviours: &[Behaviour]) -> Result<(), String> {
 pub fn staleness(behaviours: &[Behaviour]) -> Result<(), String> {
     // The lock keeps a recording run's writes from being read half-done.
     let lock = std::env::temp_dir().join("rig-pubsub-fidelity.lock");
-    with_lock(&lock, || {
+    with_lock_file(&lock, || {
         // Recording: the page is regenerated from what is recorded (the header or the behaviour
         // texts may have changed without a re-run).
         if recording() {
             write_doc(behaviours)?;
         }
         stale_now(behaviours)
-    })?
+    })
 }
 
 fn stale_now(behaviours: &[Behaviour]) -> Result<(), String> {

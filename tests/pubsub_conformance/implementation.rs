@@ -316,18 +316,6 @@ impl Drop for Flock<'_> {
     }
 }
 
-/// Takes the same lock for other shared files (the fidelity JSON).
-pub fn with_lock<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, String> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let _held = Flock::exclusive(&file)?;
-    Ok(f())
-}
-
 pub fn repository_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
