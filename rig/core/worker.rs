@@ -47,6 +47,10 @@ use crate::environment::Environment;
 use crate::event_store::{AppendError, Appended, EventStore, NewEvent};
 use crate::topology::Topology;
 
+/// On a graceful stop, how long the worker hands back what its client holds, and the quiet
+/// spell that ends it early (see `hand_back_buffered`).
+const HAND_BACK_LIMIT: Duration = Duration::from_secs(2);
+const HAND_BACK_QUIET: Duration = Duration::from_millis(50);
 /// How long a key's loop waits for its next message before it ends.
 const KEY_IDLE: Duration = Duration::from_secs(30);
 /// How many event ids the worker remembers as published to merged (see `Core::published`).
@@ -430,6 +434,9 @@ impl Worker {
             }
         };
         self.core.stopping.store(true, Ordering::SeqCst);
+        if result.is_ok() {
+            hand_back_buffered(&mut stream).await;
+        }
         drop(keys);
         while tasks.join_next().await.is_some() {}
         // Every handle is consumed by now; this waits for their acks and nacks to reach the
@@ -442,6 +449,32 @@ impl Worker {
             tracing::warn!("pending acks/nacks on {path} were not confirmed within 10s");
         }
         result.map(|()| self.core.stats.clone())
+    }
+}
+
+/// On a graceful stop, nacks what the client has already received but not handed over. Left
+/// alone, each stays leased until the lease the client last asked for runs out (up to a
+/// minute), and an ordered key waits that long before its next subscriber gets it. A nack
+/// makes it deliverable again at once, in order ("specifying zero might immediately make the
+/// message available for delivery to another subscriber client":
+/// <https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions/modifyAckDeadline>).
+/// Bounded, since the service
+/// keeps sending while flow control allows; what is left still comes back when its lease ends.
+async fn hand_back_buffered(stream: &mut google_cloud_pubsub::subscriber::MessageStream) {
+    let until = Instant::now() + HAND_BACK_LIMIT;
+    let mut handed_back = 0u64;
+    while Instant::now() < until {
+        match tokio::time::timeout(HAND_BACK_QUIET, stream.next()).await {
+            Ok(Some(Ok((_, handler)))) => {
+                handler.nack();
+                handed_back += 1;
+            }
+            // Quiet, ended or failed: nothing more to hand back.
+            _ => break,
+        }
+    }
+    if handed_back > 0 {
+        tracing::info!("stopping: handed back {handed_back} message(s) received but not started");
     }
 }
 
