@@ -473,7 +473,9 @@ fn rig_scenarios_on_google_emulator_pass_or_report_its_divergence() {
         );
     } else {
         assert!(
-            row.contains("PASS") && stdout.contains("worker_restart — Clean after "),
+            row.contains("PASS")
+                && (stdout.contains("worker_restart — Clean after ")
+                    || stdout.contains("worker_restart — Crash after ")),
             "{row}\n{stdout}"
         );
     }
