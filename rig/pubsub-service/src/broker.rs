@@ -767,6 +767,7 @@ impl Broker {
             return Err(ServiceError::not_found("Topic", &s.topic));
         }
         let (filter, faults) = normalise_subscription(&mut s)?;
+        self.check_dead_letter_topic(&s)?;
         if let Some(t) = self.topics.get_mut(&s.topic) {
             t.subscriptions.insert(s.name.clone());
         }
@@ -775,6 +776,19 @@ impl Broker {
             SubscriptionState::new(s.clone(), filter, faults),
         );
         Ok(s)
+    }
+
+    /// "The operation will fail if the topic does not exist" (`DeadLetterPolicy.dead_letter_topic`,
+    /// <https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#deadletterpolicy>).
+    /// The page names no code; NOT_FOUND is what the service answers for any other missing topic.
+    /// A dead-letter topic deleted later is another matter: its dead letters are dropped.
+    fn check_dead_letter_topic(&self, s: &Subscription) -> Result<()> {
+        match &s.dead_letter_policy {
+            Some(p) if !self.topics.contains_key(&p.dead_letter_topic) => Err(
+                ServiceError::not_found("Dead-letter topic", &p.dead_letter_topic),
+            ),
+            _ => Ok(()),
+        }
     }
 
     pub fn subscription(&self, name: &str) -> Result<&SubscriptionState> {
@@ -846,6 +860,7 @@ impl Broker {
             }
         }
         let (_, faults) = normalise_subscription(&mut next)?;
+        self.check_dead_letter_topic(&next)?;
         let sub = self.subscription_mut(&update.name)?;
         sub.config = next.clone();
         sub.faults = faults;
@@ -1377,6 +1392,31 @@ mod tests {
         assert_eq!(
             b.create_subscription(s.clone()).unwrap_err().code,
             tonic::Code::InvalidArgument
+        );
+        // The dead-letter topic must exist, at creation and at an update.
+        s.dead_letter_policy = Some(proto::DeadLetterPolicy {
+            dead_letter_topic: "projects/p/topics/no-such-dlq".into(),
+            max_delivery_attempts: 5,
+        });
+        let e = b.create_subscription(s.clone()).unwrap_err();
+        assert_eq!(e.code, tonic::Code::NotFound);
+        assert!(e.message.contains("no-such-dlq"), "{}", e.message);
+        let update = Subscription {
+            name: SUB.into(),
+            dead_letter_policy: s.dead_letter_policy.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            b.update_subscription(update, &["dead_letter_policy".into()])
+                .unwrap_err()
+                .code,
+            tonic::Code::NotFound
+        );
+        assert!(
+            b.get_subscription(SUB)
+                .unwrap()
+                .dead_letter_policy
+                .is_none()
         );
         s.dead_letter_policy = None;
         assert_eq!(

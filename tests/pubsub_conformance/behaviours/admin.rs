@@ -7,7 +7,9 @@ use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::model;
 use proptest::prelude::*;
 
-use super::{Behaviour, ERROR_CODES, RESOURCE_NAMES, SUBSCRIPTION_API, property};
+use super::{
+    Behaviour, DEAD_LETTER_POLICY, ERROR_CODES, RESOURCE_NAMES, SUBSCRIPTION_API, property,
+};
 use crate::scope::{
     Findings, PATIENCE, Scope, Verdict, code_of, expect_code, message, publish_code,
 };
@@ -19,6 +21,12 @@ pub fn behaviours() -> Vec<Behaviour> {
             expectation: "Getting or deleting an unknown topic or subscription, publishing to an unknown topic, subscribing to an unknown topic and pulling from an unknown subscription fail with NOT_FOUND",
             source: ERROR_CODES,
             check: unknown_resources_not_found,
+        },
+        Behaviour {
+            name: "errors::dead_letter_topic_must_exist",
+            expectation: "Creating a subscription whose dead-letter topic does not exist, or updating a subscription's dead-letter policy to such a topic, fails (the page names no code; our service answers NOT_FOUND) and leaves nothing changed",
+            source: DEAD_LETTER_POLICY,
+            check: dead_letter_topic_must_exist,
         },
         Behaviour {
             name: "errors::existing_resources_already_exist",
@@ -120,6 +128,56 @@ fn unknown_resources_not_found(scope: &Scope) -> Verdict {
             },
             Code::NotFound,
         ));
+        findings.verdict()
+    })
+}
+
+fn dead_letter_topic_must_exist(scope: &Scope) -> Verdict {
+    scope.block_on(async {
+        scope.create_topic("dlt-source").await?;
+        let missing = scope.topic_path("dlt-missing");
+        let policy = model::DeadLetterPolicy::new()
+            .set_dead_letter_topic(missing.clone())
+            .set_max_delivery_attempts(5);
+        let mut findings = Findings::default();
+        let created = scope
+            .try_create_subscription(
+                scope
+                    .subscription("dlt-new", "dlt-source")
+                    .set_dead_letter_policy(policy.clone()),
+            )
+            .await;
+        findings.check(created.is_err(), || {
+            format!("a subscription dead-lettering to {missing}, which does not exist, was created")
+        });
+        let existing = scope
+            .create_subscription(scope.subscription("dlt-existing", "dlt-source"))
+            .await?;
+        let updated = scope
+            .subscriptions()
+            .update_subscription()
+            .set_subscription(existing.clone().set_dead_letter_policy(policy))
+            .set_update_mask(
+                google_cloud_wkt::FieldMask::default().set_paths(["dead_letter_policy"]),
+            )
+            .send()
+            .await;
+        findings.check(updated.is_err(), || {
+            format!("an update to dead-letter to {missing}, which does not exist, was accepted")
+        });
+        let read_back = scope
+            .subscriptions()
+            .get_subscription()
+            .set_subscription(existing.name.clone())
+            .send()
+            .await
+            .map_err(|e| format!("reading the subscription back: {e}"))?;
+        findings.check(read_back.dead_letter_policy.is_none(), || {
+            format!(
+                "after the refused update the subscription reads back with {:?}",
+                read_back.dead_letter_policy
+            )
+        });
         findings.verdict()
     })
 }

@@ -26,6 +26,7 @@ pub const LIMITS: &str = "https://cloud.google.com/pubsub/quotas#resource_limits
 pub const ERROR_CODES: &str = "https://cloud.google.com/pubsub/docs/reference/error-codes";
 pub const RESOURCE_NAMES: &str =
     "https://cloud.google.com/pubsub/docs/pubsub-basics#resource_names";
+pub const DEAD_LETTER_POLICY: &str = "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#deadletterpolicy";
 pub const SUBSCRIPTION_API: &str =
     "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions";
 
