@@ -248,7 +248,7 @@ credentials.
 - Run it: `cargo nextest run --profile conformance --test pubsub_conformance` (one trial per
   behaviour × implementation, named `<implementation>::<behaviour>`; filter with e.g.
   `google_emulator::`). The profile runs 12 at a time: the checks mostly wait on ack
-  deadlines. `./x test` runs them too, at the default two at a time.
+  deadlines. `./x test` runs them too, with the rest of the suite (16 at a time).
 - Record a run into `docs/fidelity/<implementation>.json` and regenerate this page:
   `RIG_FIDELITY_RECORD=1 cargo nextest run --profile conformance --test pubsub_conformance`.
   `fidelity::doc_is_current` fails when this page is stale against the behaviour list or the
