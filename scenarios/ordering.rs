@@ -6,7 +6,7 @@
 //! key's events in publish order: no gaps, no duplicates.
 //!
 //! The plans keep each key's failures below the dead-letter threshold, with a round spare for
-//! the restart. A delivery beyond the plan (a lease that lapsed on a loaded machine: the
+//! the restart and one more (see `MAX_FAILURE_ROUNDS_PER_KEY`). A delivery beyond the plan (a lease that lapsed on a loaded machine: the
 //! client asks for a 10 s stream deadline and extends it from a task that then runs late) can
 //! still use up an event's 5 attempts. Then the production configuration does what it should:
 //! the event goes to events.dlq and its key goes on. Such an event, found on events.dlq with
@@ -156,28 +156,34 @@ fn plan() -> impl Strategy<Value = Plan> {
         })
         .prop_map(|(keys, steps, restart_after_stored, workers)| Plan {
             keys,
-            steps,
+            steps: within_budget(steps),
             restart_after_stored,
             workers,
         })
-        .prop_filter("each key stays below the dead-letter threshold", |plan| {
-            (0..plan.keys.len()).all(|k| failure_rounds(plan, k) <= MAX_FAILURE_ROUNDS_PER_KEY)
-        })
+}
+
+/// The steps with each key's failures cut to [`MAX_FAILURE_ROUNDS_PER_KEY`], the first ones
+/// kept: every generated plan is usable (a filter would reject most long plans).
+fn within_budget(mut steps: Vec<Step>) -> Vec<Step> {
+    let mut spent: HashMap<usize, u32> = HashMap::new();
+    for step in &mut steps {
+        let left = MAX_FAILURE_ROUNDS_PER_KEY - *spent.get(&step.key).unwrap_or(&0);
+        step.fail_before_append = step.fail_before_append.min(left);
+        step.fail_after_append &= step.fail_before_append < left;
+        *spent.entry(step.key).or_default() +=
+            step.fail_before_append + u32::from(step.fail_after_append);
+    }
+    steps
 }
 
 /// On an ordered subscription every failure of a key's message is also a delivery attempt
 /// of each later message of the key (they are nacked until it is stored). A key with 5
 /// failure rounds can therefore dead-letter a healthy message: that is the dead-letter
-/// scenario's ground. Ordering cases stay below it, with one round spare for the restart.
-const MAX_FAILURE_ROUNDS_PER_KEY: u32 = 3;
-
-fn failure_rounds(plan: &Plan, key: usize) -> u32 {
-    plan.steps
-        .iter()
-        .filter(|s| s.key == key)
-        .map(|s| s.fail_before_append + u32::from(s.fail_after_append))
-        .sum()
-}
+/// scenario's ground. Ordering cases stay below it: 2 rounds, one for the restart, and one
+/// for a delivery the plan did not ask for. With 3 the last message of a key succeeded on
+/// its 5th and last attempt, so one lapsed lease on a loaded machine (16 test threads on 2
+/// cores) dead-lettered it: that showed in 2 of 6 full runs.
+const MAX_FAILURE_ROUNDS_PER_KEY: u32 = 2;
 
 fn run(ctx: &Context) -> ScenarioReport {
     property(ctx, &SCENARIO, plan(), |ctx, n, plan| {
@@ -589,6 +595,43 @@ mod tests {
             (envelope::EVENT_ID.to_string(), id.to_string()),
             (attribute.to_string(), attempt.to_string()),
         ])
+    }
+
+    fn failure_rounds(plan: &Plan, key: usize) -> u32 {
+        plan.steps
+            .iter()
+            .filter(|s| s.key == key)
+            .map(|s| s.fail_before_append + u32::from(s.fail_after_append))
+            .sum()
+    }
+
+    proptest! {
+        #[test]
+        fn plans_keep_every_key_within_its_failure_budget(plan in plan()) {
+            for key in 0..plan.keys.len() {
+                prop_assert!(failure_rounds(&plan, key) <= MAX_FAILURE_ROUNDS_PER_KEY, "{plan:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_budget_keeps_a_keys_first_failures() {
+        let step = |key, fail_before_append, fail_after_append| Step {
+            key,
+            fail_before_append,
+            fail_after_append,
+        };
+        let cut = within_budget(vec![
+            step(0, 1, false),
+            step(1, 2, true),
+            step(0, 2, true),
+            step(0, 1, true),
+        ]);
+        let rounds: Vec<(u32, bool)> = cut
+            .iter()
+            .map(|s| (s.fail_before_append, s.fail_after_append))
+            .collect();
+        assert_eq!(rounds, [(1, false), (2, false), (1, false), (0, false)]);
     }
 
     #[test]
