@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use chrono::Utc;
-use rig::environment::Environment;
-use rig::event_store::{Appended, DbConfig, EventStore, NewEvent};
-use rig::targets::{Backbone, TargetKind};
-use rig::topology::Topology;
+use rig_events::event_store::{Appended, DbConfig, EventStore, NewEvent};
+use rig_harness::backbone::Backbone;
+use rig_harness::environment::Environment;
+use rig_harness::targets::TargetKind;
+use rig_topology::Topology;
 use tokio::sync::Mutex;
 
 const BATCHED_EVENTS: usize = 100_000;

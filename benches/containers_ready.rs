@@ -10,8 +10,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rig::targets::{Backbone, DEFAULT_SCOPE, TargetKind};
-use rig::topology::Topology;
+use rig_harness::backbone::Backbone;
+use rig_harness::provision::DEFAULT_SCOPE;
+use rig_harness::targets::TargetKind;
+use rig_topology::Topology;
 
 async fn ready(kind: TargetKind, topology: &Topology) -> anyhow::Result<(Duration, Backbone)> {
     let started = Instant::now();
@@ -32,7 +34,7 @@ fn seconds(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if let Err(why) = rig::containers::engine_version() {
+    if let Err(why) = rig_harness::containers::engine_version() {
         println!("containers_ready: nothing measured: {why}; start dockerd to compare the targets");
         return Ok(());
     }
@@ -42,10 +44,11 @@ async fn main() -> anyhow::Result<()> {
         .filter(|r| *r > 0)
         .unwrap_or(3);
     let topology = Topology::of_repository("dev")?;
-    let pubsub = rig::containers::PubsubImage::from_env()?;
+    let pubsub = rig_harness::containers::PubsubImage::from_env()?;
     let images_started = Instant::now();
     let images =
-        tokio::task::spawn_blocking(move || rig::containers::ensure_images(pubsub)).await??;
+        tokio::task::spawn_blocking(move || rig_harness::containers::ensure_images(pubsub))
+            .await??;
     println!(
         "images ready in {} (a fresh build happens once per machine): {}, {}, {}",
         seconds(images_started.elapsed()),

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rig::environment::Environment;
-use rig::event_store::{EventStore, NewEvent};
-use rig::producer::Producer;
-use rig::targets::{Backbone, TargetKind};
-use rig::topology::Topology;
-use rig::worker::{NoFaults, WorkerOptions, WorkerStats};
+use rig_events::event_store::{EventStore, NewEvent};
+use rig_events::producer::Producer;
+use rig_events::worker::{NoFaults, WorkerOptions, WorkerStats};
+use rig_harness::backbone::Backbone;
+use rig_harness::environment::Environment;
+use rig_harness::targets::TargetKind;
+use rig_topology::Topology;
 use scenarios::fixtures::{self, Aggregate};
 use scenarios::support::{Collector, RunningWorker, wait_for_every};
 use sqlx::{ConnectOptions, Connection, Executor};
@@ -227,7 +228,7 @@ async fn worker_run(
 }
 
 async fn publish(env: &Environment, topic: &str, events: &[NewEvent]) -> anyhow::Result<()> {
-    Producer::connect(env, topic)
+    Producer::connect(&env.connections(), topic)
         .await?
         .publish_all(events)
         .await?;

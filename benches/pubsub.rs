@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::{self, Message};
-use rig::services::pubsub_emulator;
+use rig_harness::services::pubsub_emulator;
 
 const CHILD: &str = "RIG_BENCH_PUBSUB_SERVICE_CHILD";
 const PROJECT: &str = "bench";

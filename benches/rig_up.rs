@@ -123,10 +123,7 @@ fn stop(child: &mut Child) -> Result<(), String> {
             let _ = child.wait();
             return Err(format!("rig up ignored {sent} SIGTERM(s) for 30 s: killed"));
         }
-        // SAFETY: kill(2) on the child this benchmark started; no memory is involved.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        let _ = rig_harness::process::send_signal(child.id(), libc::SIGTERM);
         sent += 1;
         std::thread::sleep(Duration::from_millis(500));
     };

@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rig::envelope;
-use rig::event_store::EventStore;
-use rig::producer::Producer;
-use rig::targets::{Backbone, TargetKind};
-use rig::topology::Topology;
-use rig::worker::WorkerOptions;
+use rig_events::envelope;
+use rig_events::event_store::EventStore;
+use rig_events::producer::Producer;
+use rig_events::worker::WorkerOptions;
+use rig_harness::backbone::Backbone;
+use rig_harness::targets::TargetKind;
+use rig_topology::Topology;
 use scenarios::fixtures::{self, Aggregate};
 
 fn setting(name: &str, default: usize) -> usize {
@@ -42,10 +43,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a process this bench's backbone started.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
+    let _ = rig_harness::process::send_signal(pid, sig);
 }
 
 #[tokio::main]
@@ -84,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         .envs(env.env_vars())
         .env("RIG_LOG", "rig=warn");
     let log = std::env::temp_dir().join(format!("rig-soak-worker-{}.log", std::process::id()));
-    let worker = rig::process::Service::spawn("rig-worker", command, &log)
+    let worker = rig_harness::process::Service::spawn("rig-worker", command, &log)
         .context("starting `rig worker`")?;
     let worker_pid = worker.pid();
 
@@ -115,8 +113,10 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let inline = Producer::connect(&env, &raw).await?;
-    let claimed = Producer::connect(&env, &raw).await?.with_threshold(0);
+    let inline = Producer::connect(&env.connections(), &raw).await?;
+    let claimed = Producer::connect(&env.connections(), &raw)
+        .await?
+        .with_threshold(0);
     let store = EventStore::connect(&env.event_store_admin, 1).await?;
     let started = Instant::now();
     println!(

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
 
-use rig::acceptance::{self, Belongs, Drained};
-use rig::environment::Environment;
-use rig::topology::Topology;
+use rig_harness::acceptance::{self, Belongs, Drained};
+use rig_harness::environment::Environment;
+use rig_topology::Topology;
 
 /// One acceptance run: the reached environment and what marks this run's messages and rows.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ impl AcceptanceRun {
                 topology.environment
             );
         }
-        rig::acceptance::AcceptanceMode {
+        rig_events::worker::AcceptanceMode {
             probe_value: String::new(),
             databases: databases.clone(),
         }
@@ -150,7 +150,7 @@ impl AcceptanceRun {
 /// The acceptance subscriptions, each with the wait its messages may need.
 fn acceptance_subscriptions(
     topology: &Topology,
-) -> impl Iterator<Item = &rig::topology::Subscription> {
+) -> impl Iterator<Item = &rig_topology::Subscription> {
     topology.subscriptions.iter().filter(|s| s.is_acceptance())
 }
 

@@ -19,10 +19,10 @@ use proptest::prelude::*;
 use super::fixtures::Aggregate;
 use super::support::{Case, Failures, FaultPlan, RunningWorker, Wiring, block_on, event_id_of};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use rig::divergence::Divergence;
-use rig::envelope;
-use rig::environment::Environment;
-use rig::topology::Topology;
+use rig_events::envelope;
+use rig_harness::divergence::Divergence;
+use rig_harness::environment::Environment;
+use rig_topology::Topology;
 
 /// The epic's requirement, independent of what the Terraform currently says.
 pub const EPIC_MAX_DELIVERY_ATTEMPTS: u32 = 5;
@@ -317,7 +317,11 @@ fn corruption() -> impl Strategy<Value = Corruption> {
 
 const MARKER: &str = "scenario_marker";
 
-fn corrupt(case: &Case, i: usize, corruption: Corruption) -> (Message, rig::event_store::NewEvent) {
+fn corrupt(
+    case: &Case,
+    i: usize,
+    corruption: Corruption,
+) -> (Message, rig_events::event_store::NewEvent) {
     let env = &case.env;
     let event = case.event(
         &Aggregate {

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rig::report::Outcome;
+use rig_harness::report::Outcome;
 
 use super::{Scenario, ScenarioReport};
 
@@ -55,10 +55,10 @@ impl Column {
     /// The column a run records into: the local target's Pub/Sub, or GCP. A stand-in for GCP
     /// (`RIG_GCP_*_ENDPOINT` overridden) is not GCP, and records nowhere.
     pub fn of(
-        pubsub: rig::pubsub::PubsubImplementation,
+        pubsub: rig_events::pubsub::PubsubImplementation,
         shared_backbone: bool,
     ) -> Result<Column, String> {
-        use rig::pubsub::PubsubImplementation as P;
+        use rig_events::pubsub::PubsubImplementation as P;
         match (pubsub, shared_backbone) {
             (P::Google, true) => Ok(Column::Gcp),
             (_, true) => Err(format!(
@@ -99,7 +99,7 @@ pub struct Results {
 }
 
 fn directory() -> PathBuf {
-    rig::topology::repository_root().join("docs/fidelity/scenarios")
+    rig_topology::repository_root().join("docs/fidelity/scenarios")
 }
 
 fn json_path(column: Column) -> PathBuf {
@@ -107,7 +107,7 @@ fn json_path(column: Column) -> PathBuf {
 }
 
 pub fn doc_path() -> PathBuf {
-    rig::topology::repository_root().join("docs/fidelity.md")
+    rig_topology::repository_root().join("docs/fidelity.md")
 }
 
 fn load(column: Column) -> Result<Option<Results>, String> {

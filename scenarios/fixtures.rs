@@ -3,7 +3,7 @@
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 
-use rig::event_store::NewEvent;
+use rig_events::event_store::NewEvent;
 
 /// (record type, JSON) of every fixture record, embedded at build time.
 pub const RECORDS: &[(&str, &str)] = &[

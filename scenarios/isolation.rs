@@ -16,7 +16,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Row};
 use super::fixtures::{self, Aggregate};
 use super::support::block_on;
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use rig::event_store::{DbConfig, EventStore};
+use rig_events::event_store::{DbConfig, EventStore};
 
 pub const SCENARIO: Scenario = Scenario {
     name: "connection_isolation",
@@ -276,7 +276,7 @@ async fn check(ctx: &Context, n: usize, plan: &Plan) -> anyhow::Result<Result<Ca
 
 /// (p50, p99) in milliseconds of a primary point query, idle and under append load.
 async fn primary_latency(
-    env: &rig::environment::Environment,
+    env: &rig_harness::environment::Environment,
     store: &EventStore,
 ) -> anyhow::Result<((f64, f64), (f64, f64))> {
     let mut app = connect(&env.primary).await?;

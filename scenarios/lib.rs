@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
-use rig::divergence::Divergence;
-use rig::environment::Environment;
-use rig::report::Outcome;
-use rig::targets::Backbone;
-use rig::topology::Topology;
+use rig_harness::backbone::Backbone;
+use rig_harness::divergence::Divergence;
+use rig_harness::environment::Environment;
+use rig_harness::report::Outcome;
+use rig_topology::Topology;
 
 /// What a scenario runs against: the backbone, and the world as the Terraform and the
 /// migrations describe it (mutation tests hand in a broken copy).
@@ -87,7 +87,7 @@ impl Context {
                 self.world
                     .migrator
                     .as_deref()
-                    .unwrap_or(&rig::event_store::MIGRATOR),
+                    .unwrap_or(&rig_events::event_store::MIGRATOR),
             )
             .await?;
         let mut env = deployment.environment;
@@ -266,7 +266,7 @@ where
                 scenario.name,
                 n + 1,
                 if verdict.is_ok() { "passed" } else { "failed" },
-                rig::report::seconds(case_started.elapsed())
+                rig_harness::report::seconds(case_started.elapsed())
             );
         }
         match verdict {
@@ -294,7 +294,7 @@ where
             format!(
                 "invariant violated: {reason}\n{} failing case: {case:#?}\nreplay: RIG_SCENARIO_SEED={} {}",
                 if ctx.shrink { "minimal" } else { "the" },
-                rig::envelope::hex(&ctx.seed),
+                rig_events::envelope::hex(&ctx.seed),
                 if ctx.acceptance.is_some() {
                     format!(
                         "rig scenarios --target gcp --project P --environment E --cases {cases} {}",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 
 use super::World;
-use rig::topology::Topology;
+use rig_topology::Topology;
 
 /// A broken world, and the temp dir holding any copied files it reads (kept alive with it).
 pub type BrokenWorld = (World, Option<tempfile::TempDir>);
@@ -155,7 +155,7 @@ fn edit_files(root: &Path, extension: &str, from: &str, to: &str) -> anyhow::Res
 
 fn migrations_without_unique_key(world: &World) -> anyhow::Result<BrokenWorld> {
     let dir = tempfile::tempdir()?;
-    let source = rig::topology::repository_root().join("migrations");
+    let source = rig_topology::repository_root().join("migrations");
     copy_tree(&source, dir.path())?;
     let line = "    UNIQUE KEY event_store_event_id_unique (event_id),\n";
     if edit_files(dir.path(), "sql", line, "")? == 0 {

@@ -28,8 +28,8 @@ use super::support::{
     Failures, FaultPlan, RunningWorker, Wiring, block_on, by_key, event_id_of, first_copies_by_key,
 };
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use rig::envelope;
-use rig::pubsub::PubsubImplementation;
+use rig_events::envelope;
+use rig_events::pubsub::PubsubImplementation;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "ordering",
@@ -484,7 +484,7 @@ async fn check(
             figures,
         }));
     }
-    let divergence = rig::divergence::Divergence {
+    let divergence = rig_harness::divergence::Divergence {
         service: "pubsub-emulator".into(),
         feature: "redelivery on an ordered subscription after nacks".into(),
         observed: format!(
@@ -570,7 +570,7 @@ fn describe(want: &[uuid::Uuid], got: &[uuid::Uuid]) -> String {
 /// How many messages a unary REST pull returns right now (the emulator's view of what is
 /// deliverable, without the streaming machinery).
 pub(crate) async fn unary_pull_count(
-    env: &rig::environment::Environment,
+    env: &rig_harness::environment::Environment,
     subscription: &str,
 ) -> Result<usize, String> {
     let endpoint = env.pubsub.endpoint.clone().ok_or("not an emulator")?;

@@ -13,9 +13,9 @@ use proptest::prelude::*;
 use super::fixtures::Aggregate;
 use super::support::{FaultPlan, RunningWorker, Wiring, block_on, event_id_of};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use rig::claim_check::DEFAULT_THRESHOLD_BYTES;
-use rig::envelope;
-use rig::storage::StorageConnection;
+use rig_events::claim_check::DEFAULT_THRESHOLD_BYTES;
+use rig_events::envelope;
+use rig_events::storage::StorageConnection;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "oversized_payloads",
@@ -222,7 +222,7 @@ async fn check(
     // delete objects there); what cannot be deleted the bucket's lifecycle rule removes.
     let mut figures = Vec::new();
     if case.is_shared() {
-        let http = rig::storage::http_client()?;
+        let http = rig_events::storage::http_client()?;
         let mut left = 0;
         for (event, tamper) in &events {
             if event.payload.len() <= producer.threshold || *tamper == Tamper::Delete {

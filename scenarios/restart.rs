@@ -21,8 +21,8 @@ use proptest::prelude::*;
 use super::fixtures::Aggregate;
 use super::support::{RunningWorker, Wiring, block_on, by_key, event_id_of, first_copies_by_key};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use rig::envelope;
-use rig::worker::NoFaults;
+use rig_events::envelope;
+use rig_events::worker::NoFaults;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "worker_restart",
@@ -256,7 +256,7 @@ async fn check(
         return Ok(Err(observed));
     }
     Ok(Ok(CaseNotes {
-        divergences: vec![rig::divergence::Divergence {
+        divergences: vec![rig_harness::divergence::Divergence {
             service: "pubsub-emulator".into(),
             feature: "redelivery of an ordered subscription's keys after a subscriber goes away".into(),
             observed,

@@ -12,14 +12,16 @@ use anyhow::Context as _;
 use super::acceptance::AcceptanceRun;
 use super::fidelity::{self, Column};
 use super::{Runner, ScenarioReport, World, all, cases_from_env, mutations, seed_from_env};
-use rig::report::{JunitCase, Outcome, Table, junit, seconds};
-use rig::targets::{Access, Backbone, DEFAULT_SCOPE, GcpOptions, TargetKind};
+use rig_harness::backbone::Backbone;
+use rig_harness::provision::DEFAULT_SCOPE;
+use rig_harness::report::{JunitCase, Outcome, Table, junit, seconds};
+use rig_harness::targets::{Access, GcpOptions, TargetKind};
 
 pub struct Options {
     pub environment: String,
     pub target: TargetKind,
     /// The local target's Pub/Sub.
-    pub pubsub: rig::pubsub::PubsubImplementation,
+    pub pubsub: rig_events::pubsub::PubsubImplementation,
     pub names: Vec<String>,
     pub mutations: bool,
     pub cases: Option<u32>,

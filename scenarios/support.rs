@@ -13,11 +13,12 @@ use tokio::task::JoinHandle;
 
 use super::acceptance::Mark;
 use super::fixtures::{self, Aggregate};
-use rig::acceptance::{AcceptanceMode, Belongs};
-use rig::environment::Environment;
-use rig::event_store::{EventStore, NewEvent, StoredEvent};
-use rig::producer::Producer;
-use rig::worker::{Fault, Faults, Worker, WorkerOptions, WorkerStats};
+use rig_events::event_store::{EventStore, NewEvent, StoredEvent};
+use rig_events::producer::Producer;
+use rig_events::worker::AcceptanceMode;
+use rig_events::worker::{Fault, Faults, Worker, WorkerOptions, WorkerStats};
+use rig_harness::acceptance::Belongs;
+use rig_harness::environment::Environment;
 
 /// Polls `done` every 100 ms until it returns true or `limit` passes; returns whether it did.
 pub async fn wait_for<F, Fut>(limit: Duration, done: F) -> bool
@@ -60,7 +61,7 @@ impl RunningWorker {
         options: WorkerOptions,
         faults: Arc<dyn Faults>,
     ) -> anyhow::Result<Self> {
-        let worker = Worker::connect(env, options, faults).await?;
+        let worker = Worker::connect(&env.connections(), options, faults).await?;
         let stats = worker.stats();
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(worker.run(stopped));
@@ -277,7 +278,7 @@ impl Faults for FaultPlan {
 pub fn event_id_of(message: &Message) -> Option<uuid::Uuid> {
     message
         .attributes
-        .get(rig::envelope::EVENT_ID)
+        .get(rig_events::envelope::EVENT_ID)
         .and_then(|id| uuid::Uuid::parse_str(id).ok())
 }
 
@@ -311,7 +312,7 @@ pub fn block_on<F: Future>(ctx: &super::Context, f: F) -> F::Output {
 /// The worker's side of a deployed environment, all read from its Terraform.
 #[derive(Debug, Clone)]
 pub struct Wiring {
-    pub options: rig::worker::WorkerOptions,
+    pub options: rig_events::worker::WorkerOptions,
     /// The topic the worker's subscription reads: where producers publish.
     pub raw_topic: String,
     /// The subscription that keeps dead letters.
@@ -440,7 +441,7 @@ impl Case {
 
     /// A producer on `topic` whose every message carries the case's probe attribute.
     pub async fn producer(&self, topic: &str) -> anyhow::Result<Producer> {
-        let producer = Producer::connect(&self.env, topic).await?;
+        let producer = Producer::connect(&self.env.connections(), topic).await?;
         Ok(match &self.mark {
             Some(mark) => producer.with_attribute(&mark.attribute, &mark.value),
             None => producer,

@@ -19,8 +19,8 @@ use proptest::prelude::*;
 use super::fixtures::Aggregate;
 use super::support::{FaultPlan, RunningWorker, Wiring, block_on, event_id_of};
 use super::{CaseNotes, Context, Scenario, ScenarioReport, property};
-use rig::envelope;
-use rig::event_store::NewEvent;
+use rig_events::envelope;
+use rig_events::event_store::NewEvent;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "event_id_uniqueness",

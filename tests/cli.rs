@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rig::environment::Environment;
-use rig::event_store::{
+use rig_events::event_store::{
     Appended, DbConfig, EVENT_STORE_PREFIX, EventStore, NewEvent, PRIMARY_PREFIX,
 };
+use rig_harness::environment::Environment;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -436,7 +436,7 @@ fn rig_scenarios_prints_a_results_table_and_junit() {
 /// (tests/scenarios.rs, and tests/containers.rs in containers).
 #[test]
 fn rig_scenarios_on_google_emulator_pass_or_report_its_divergence() {
-    use rig::services::pubsub_emulator;
+    use rig_harness::services::pubsub_emulator;
     if let Err(why) = pubsub_emulator::locate_java().and_then(|_| pubsub_emulator::locate_jar()) {
         println!(
             "SKIPPED rig_scenarios_on_google_emulator_pass_or_report_its_divergence: Google's Pub/Sub emulator is not available ({why}); `./x install` says how to install it"
@@ -485,8 +485,8 @@ fn rig_scenarios_on_google_emulator_pass_or_report_its_divergence() {
 /// `rig up`), oversized payloads included, and stops cleanly on SIGTERM.
 #[test]
 fn rig_worker_ingests_what_is_published_until_sigterm() {
-    use rig::pubsub::PubsubConnection;
-    use rig::storage::StorageConnection;
+    use rig_events::pubsub::PubsubConnection;
+    use rig_events::storage::StorageConnection;
     use scenarios::fixtures::{self, Aggregate};
 
     let mut up = rig_up();
@@ -515,7 +515,7 @@ fn rig_worker_ingests_what_is_published_until_sigterm() {
     let app_db = DbConfig::from_lookup(PRIMARY_PREFIX, |k| vars.get(k).cloned()).expect("DB_*");
     let env = Environment {
         target: "env".into(),
-        capabilities: rig::targets::Capabilities {
+        capabilities: rig_harness::targets::Capabilities {
             provisions: false,
             owns_primary: false,
         },
@@ -563,7 +563,7 @@ fn rig_worker_ingests_what_is_published_until_sigterm() {
     events.push(big.clone());
 
     runtime().block_on(async {
-        rig::producer::Producer::connect(&env, "events.raw")
+        rig_events::producer::Producer::connect(&env.connections(), "events.raw")
             .await
             .expect("a producer on events.raw")
             .publish_all(&events)

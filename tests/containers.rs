@@ -17,9 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rig::containers::{self, LABEL_HOST, LABEL_PID, LABEL_RUN, LABEL_SERVICE};
-use rig::event_store::{DbConfig, EVENT_STORE_PREFIX, mysql_error_number};
-use rig::targets::{Backbone, TargetKind};
+use rig_events::event_store::{DbConfig, EVENT_STORE_PREFIX, mysql_error_number};
+use rig_harness::backbone::Backbone;
+use rig_harness::containers::{self, LABEL_HOST, LABEL_PID, LABEL_RUN, LABEL_SERVICE};
+use rig_harness::targets::TargetKind;
 use sqlx::{ConnectOptions, Connection, Row};
 
 /// Whether a Docker engine answers; if not, says loudly which test is skipped and why.
@@ -537,7 +538,11 @@ fn compose_up_prints_an_environment_that_validates() {
     if !engine_or_skip("compose_up_prints_an_environment_that_validates") {
         return;
     }
-    let port = || rig::services::free_port().expect("a free port").to_string();
+    let port = || {
+        rig_harness::services::free_port()
+            .expect("a free port")
+            .to_string()
+    };
     let project = format!("backbone-rig-test-{}", std::process::id());
     let stack = ComposeStack {
         env: vec![

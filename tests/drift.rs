@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rig::drift::live::{Endpoints, LiveReader, WorkerIdentity};
-use rig::drift::{DriftReport, FindingResult};
-use rig::topology::{CloudSpec, Topology};
+use rig_drift::live::{GcpEndpoints as Endpoints, LiveReader, WorkerIdentity};
+use rig_drift::{DriftReport, FindingResult};
+use rig_topology::{CloudSpec, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn recorded_dir() -> PathBuf {
@@ -228,7 +228,7 @@ async fn drift_against_recorded(drifted: bool) -> (DriftReport, Vec<String>) {
         Endpoints::all_at(&recorded.base),
         WorkerIdentity::Impersonate(spec.worker_service_account.clone()),
     );
-    let report = rig::drift::run(&reader, &topology, &spec, None).await;
+    let report = rig_drift::run(&reader, &topology, &spec, None).await;
     let requests = recorded.requests.lock().expect("request log").clone();
     (report, requests)
 }
@@ -240,7 +240,7 @@ fn drifted_fields(report: &DriftReport) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn finding<'r>(report: &'r DriftReport, resource: &str, field: &str) -> &'r rig::drift::Finding {
+fn finding<'r>(report: &'r DriftReport, resource: &str, field: &str) -> &'r rig_drift::Finding {
     report
         .findings
         .iter()
@@ -416,7 +416,7 @@ async fn the_drift_command_prints_json_and_exits_by_result() {
             "staging",
             "--json",
         ]);
-        for (variable, _) in rig::drift::live::ENDPOINT_VARIABLES {
+        for (variable, _) in rig_drift::live::ENDPOINT_VARIABLES {
             command.env(variable, &recorded.base);
         }
         for variable in ["DB_EVENT_STORE_HOST", "RIG_TARGET"] {
@@ -499,7 +499,7 @@ async fn drift_against_a_local_backbone_reports_subscription_and_grant_drift() {
         WorkerIdentity::Adc,
     );
 
-    let clean = rig::drift::run(&reader, &topology, &spec, Some(&env.event_store)).await;
+    let clean = rig_drift::run(&reader, &topology, &spec, Some(&env.event_store)).await;
     for s in &topology.subscriptions {
         let resource = format!("subscription {}", s.name);
         let rows: Vec<_> = clean
@@ -550,11 +550,11 @@ async fn drift_against_a_local_backbone_reports_subscription_and_grant_drift() {
             dl.max_delivery_attempts = 6;
         }
     }
-    let drifted_project = rig::pubsub::PubsubConnection {
+    let drifted_project = rig_events::pubsub::PubsubConnection {
         project_id: format!("{}-drifted", env.pubsub.project_id),
         ..env.pubsub.clone()
     };
-    rig::provision::apply_pubsub(&drifted_project, &changed)
+    rig_harness::provision::apply_pubsub(&drifted_project, &changed)
         .await
         .expect("provisioning the drifted project on the emulator");
     // Widen the worker the way Cloud SQL can: a role.
@@ -566,7 +566,7 @@ async fn drift_against_a_local_backbone_reports_subscription_and_grant_drift() {
         sqlx::query(sql).execute(&mut admin).await.expect(sql);
     }
     let reader = LiveReader::new(&drifted_project.project_id, endpoints, WorkerIdentity::Adc);
-    let drifted = rig::drift::run(&reader, &topology, &spec, Some(&env.event_store)).await;
+    let drifted = rig_drift::run(&reader, &topology, &spec, Some(&env.event_store)).await;
     let sub = "subscription events.raw.worker";
     let fields: BTreeSet<String> = drifted
         .drifted()

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
-use rig::event_store::NewEvent;
+use rig_events::event_store::NewEvent;
 
 fn field() -> impl Strategy<Value = String> {
     let unit = prop_oneof![

@@ -6,12 +6,12 @@
 
 mod support;
 
-use rig::event_store::{EVENT_STORE_PREFIX, PRIMARY_PREFIX};
+use rig_events::event_store::{EVENT_STORE_PREFIX, PRIMARY_PREFIX};
 use sqlx::Row;
 
 const PROJECT: &str = "suitex-dev";
 
-async fn probe_rows(config: &rig::event_store::DbConfig) -> i64 {
+async fn probe_rows(config: &rig_events::event_store::DbConfig) -> i64 {
     let mut conn = support::connect(config).await;
     sqlx::query("SELECT COUNT(*) FROM event_store WHERE aggregate_type = 'backbone_probe'")
         .fetch_one(&mut conn)
@@ -23,25 +23,33 @@ async fn probe_rows(config: &rig::event_store::DbConfig) -> i64 {
 
 /// A local backbone standing in for the dev project: the dev Terraform provisioned under
 /// `suitex-dev` on the emulator and fake-gcs-server, and a migrated `events_acceptance`.
-async fn standin(scope: &str) -> (rig::targets::Backbone, rig::environment::Environment) {
+async fn standin(
+    scope: &str,
+) -> (
+    rig_harness::backbone::Backbone,
+    rig_harness::environment::Environment,
+) {
     standin_with(scope, &support::dev_topology()).await
 }
 
 /// [`standin`] provisioned from another dev topology (an edited copy of the Terraform).
 async fn standin_with(
     scope: &str,
-    topology: &rig::topology::Topology,
-) -> (rig::targets::Backbone, rig::environment::Environment) {
+    topology: &rig_topology::Topology,
+) -> (
+    rig_harness::backbone::Backbone,
+    rig_harness::environment::Environment,
+) {
     let (backbone, env) = support::deployed_with(scope, topology).await;
     // Provisioned as the Terraform would be, under the project it names.
-    let pubsub = rig::pubsub::PubsubConnection {
+    let pubsub = rig_events::pubsub::PubsubConnection {
         project_id: PROJECT.into(),
         ..env.pubsub.clone()
     };
-    rig::provision::apply_pubsub(&pubsub, topology)
+    rig_harness::provision::apply_pubsub(&pubsub, topology)
         .await
         .expect("provisioning suitex-dev on the emulator");
-    rig::provision::apply_bucket(
+    rig_harness::provision::apply_bucket(
         &env.storage,
         &reqwest::Client::new(),
         &topology.bucket.name,
@@ -58,7 +66,7 @@ async fn standin_with(
     .expect("creating events_acceptance");
     let acceptance_admin = env.event_store_admin.with_database("events_acceptance");
     let pool = acceptance_admin.pool(1).await.expect("acceptance pool");
-    rig::event_store::MIGRATOR
+    rig_events::event_store::MIGRATOR
         .run(&pool)
         .await
         .expect("migrating events_acceptance");
@@ -69,7 +77,7 @@ async fn standin_with(
 
 /// `rig validate --target gcp` against the stand-in, the worker's connection on `database`.
 fn validate_gcp(
-    standin: &rig::environment::Environment,
+    standin: &rig_harness::environment::Environment,
     database: &str,
     extra: &[&str],
 ) -> std::process::Output {
@@ -82,7 +90,7 @@ fn validate_gcp(
 /// worker's connection on `database`, reading the Terraform at `terraform_root` (default: the
 /// repository's).
 fn rig_on_gcp(
-    standin: &rig::environment::Environment,
+    standin: &rig_harness::environment::Environment,
     terraform_root: Option<&std::path::Path>,
     database: &str,
     args: &[&str],
@@ -246,7 +254,7 @@ async fn the_ordered_dead_letter_check_is_a_divergence_on_the_emulator() {
         .as_array()
         .expect("checks")
         .iter()
-        .find(|c| c["name"] == rig::acceptance::ORDERED_DEAD_LETTER)
+        .find(|c| c["name"] == rig_harness::acceptance::ORDERED_DEAD_LETTER)
         .unwrap_or_else(|| panic!("no dead-letter check: {stdout}"))
         .clone();
     eprintln!("ordered dead-letter on the stand-in: {check}");
@@ -273,7 +281,7 @@ async fn the_ordered_dead_letter_check_is_a_divergence_on_the_emulator() {
 /// Every message a consumer of `subscription` (in the stand-in's `suitex-dev`) receives within
 /// `window`, acknowledged: `(probe value or "", ...)` per message.
 async fn drain_for(
-    pubsub: &rig::pubsub::PubsubConnection,
+    pubsub: &rig_events::pubsub::PubsubConnection,
     subscription: &str,
     attribute: &str,
     window: std::time::Duration,
@@ -301,7 +309,10 @@ async fn drain_for(
     seen
 }
 
-async fn count_rows(config: &rig::event_store::DbConfig, account_prefix: Option<&str>) -> i64 {
+async fn count_rows(
+    config: &rig_events::event_store::DbConfig,
+    account_prefix: Option<&str>,
+) -> i64 {
     let mut conn = support::connect(config).await;
     let query = match account_prefix {
         None => sqlx::query("SELECT COUNT(*) FROM event_store"),
@@ -339,11 +350,12 @@ async fn scenarios_on_target_gcp_use_only_the_acceptance_resources_and_leave_not
         ),
     ])
     .expect("copying the Terraform with short timings");
-    let topology = rig::topology::Topology::load(terraform.path(), "dev")
+    let topology = rig_topology::Topology::load(terraform.path(), "dev")
         .expect("loading the short-timed dev topology");
     for subscription in &topology.subscriptions {
         assert!(
-            rig::acceptance::redelivery_bound(subscription) <= std::time::Duration::from_secs(11),
+            rig_harness::acceptance::redelivery_bound(subscription)
+                <= std::time::Duration::from_secs(11),
             "{}: the copy's edits no longer shorten its timings",
             subscription.name
         );
@@ -426,14 +438,14 @@ async fn scenarios_on_target_gcp_use_only_the_acceptance_resources_and_leave_not
 
     // Messages: the worker's and the operators' subscriptions never saw a probe; the
     // probe-only ones hold nothing of the run (read for longer than any redelivery takes).
-    let pubsub = rig::pubsub::PubsubConnection {
+    let pubsub = rig_events::pubsub::PubsubConnection {
         project_id: PROJECT.into(),
         ..env.pubsub.clone()
     };
     let window = topology
         .subscriptions
         .iter()
-        .map(rig::acceptance::redelivery_bound)
+        .map(rig_harness::acceptance::redelivery_bound)
         .max()
         .expect("subscriptions")
         + std::time::Duration::from_secs(5);
@@ -446,7 +458,7 @@ async fn scenarios_on_target_gcp_use_only_the_acceptance_resources_and_leave_not
             tokio::spawn(async move { drain_for(&pubsub, &name, &attribute, window).await }),
         ));
     }
-    let probe_only = |s: &rig::topology::Subscription| {
+    let probe_only = |s: &rig_topology::Subscription| {
         s.is_acceptance() || topology.validation_subscription() == Some(s)
     };
     for (subscription, read) in reads {
@@ -498,7 +510,7 @@ fn scenarios_on_target_gcp_refuse_prod_and_do_not_record_a_standin_as_gcp() {
     let stderr = String::from_utf8_lossy(&prod.stderr);
     assert!(stderr.contains("prod"), "{stderr}");
 
-    let gcp_json = rig::topology::repository_root().join("docs/fidelity/scenarios/gcp.json");
+    let gcp_json = rig_topology::repository_root().join("docs/fidelity/scenarios/gcp.json");
     let recorded_before = std::fs::read_to_string(&gcp_json).ok();
     // Endpoints at a stand-in (nothing answers there: the refusal comes first).
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rig"));

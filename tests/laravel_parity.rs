@@ -12,7 +12,7 @@ use support::{connect, deployed};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rig::event_store::{DbConfig, EVENT_STORE_PREFIX, EventStore, PRIMARY_PREFIX};
+use rig_events::event_store::{DbConfig, EVENT_STORE_PREFIX, EventStore, PRIMARY_PREFIX};
 use sqlx::{AssertSqlSafe, Row};
 
 const PHP_MISSING: &str = "php not found: apt-get install --no-install-recommends php-cli php-mysql php-illuminate-database";

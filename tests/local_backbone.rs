@@ -14,9 +14,12 @@ use support::{connect, deployed, dev_topology, event, runtime};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use rig::event_store::{AppendError, Appended, DbConfig, EventStore, NewEvent, mysql_error_number};
-use rig::process::process_alive;
-use rig::targets::{Backbone, TargetKind};
+use rig_events::event_store::{
+    AppendError, Appended, DbConfig, EventStore, NewEvent, mysql_error_number,
+};
+use rig_harness::backbone::Backbone;
+use rig_harness::process::process_alive;
+use rig_harness::targets::TargetKind;
 use sqlx::mysql::MySqlConnection;
 use sqlx::{ConnectOptions, Connection, Row};
 use uuid::Uuid;
@@ -67,7 +70,7 @@ async fn provisioning_read_back_from_the_emulators_equals_the_topology() {
     let (_backbone, env) = deployed("provisioning").await;
     let topology = &dev_topology();
 
-    let differences = rig::readback::read_back_pubsub(&env.pubsub, topology)
+    let differences = rig_harness::readback::read_back_pubsub(&env.pubsub, topology)
         .await
         .expect("reading the subscriptions back");
     assert!(
@@ -100,7 +103,7 @@ async fn provisioning_read_back_from_the_emulators_equals_the_topology() {
         "the epic asks for 5 attempts"
     );
     policy.max_delivery_attempts = 6;
-    let differences = rig::readback::read_back_pubsub(&env.pubsub, &altered)
+    let differences = rig_harness::readback::read_back_pubsub(&env.pubsub, &altered)
         .await
         .expect("reading the subscriptions back");
     assert_eq!(
@@ -567,7 +570,7 @@ fn observe(backbone: &Backbone) -> (Vec<(String, u32, ProcStat)>, PathBuf) {
     let processes = backbone.processes();
     // pubsub-service runs in process; Google's emulator is a child of its own.
     let expected = match backbone.pubsub() {
-        rig::pubsub::PubsubImplementation::GoogleEmulator => 4,
+        rig_events::pubsub::PubsubImplementation::GoogleEmulator => 4,
         _ => 3,
     };
     assert_eq!(

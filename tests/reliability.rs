@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
-use rig::envelope::{self, ClaimRef};
-use rig::event_store::{Appended, DbConfig, EventStore, NewEvent};
-use rig::storage::StorageConnection;
-use rig::worker::{NoFaults, WorkerOptions};
+use rig_events::envelope::{self, ClaimRef};
+use rig_events::event_store::{Appended, DbConfig, EventStore, NewEvent};
+use rig_events::storage::StorageConnection;
+use rig_events::worker::{NoFaults, WorkerOptions};
 use scenarios::fixtures::{self, Aggregate};
 use scenarios::support::{Collector, RunningWorker, wait_for};
 use serde_json::Value;
@@ -563,7 +563,7 @@ fn a_signal_at_any_moment_of_start_up_leaves_no_temp_dir() {
 /// `coll` and `Coll ` are three streams, on both the worker's lookups and the index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_compare_every_field_and_aggregate_ids_compare_exactly() {
-    use rig::event_store::AppendError;
+    use rig_events::event_store::AppendError;
     let (_backbone, env) = deployed("exact").await;
     let store = EventStore::connect(&env.event_store, 2).await.unwrap();
     let base = fixtures::event(
@@ -644,7 +644,7 @@ impl Drop for Respawned {
     }
 }
 
-fn pid_of(backbone: &rig::targets::Backbone, name: &str) -> u32 {
+fn pid_of(backbone: &rig_harness::backbone::Backbone, name: &str) -> u32 {
     backbone
         .processes()
         .into_iter()
@@ -709,9 +709,11 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     let database = pid_of(&backbone, "event-store-db");
     let merged = Collector::start(&env, &merged_subscription).await.unwrap();
     let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
-    let inline = rig::producer::Producer::connect(&env, &raw).await.unwrap();
+    let inline = rig_events::producer::Producer::connect(&env.connections(), &raw)
+        .await
+        .unwrap();
     // Every payload through the bucket.
-    let claimed = rig::producer::Producer::connect(&env, &raw)
+    let claimed = rig_events::producer::Producer::connect(&env.connections(), &raw)
         .await
         .unwrap()
         .with_threshold(0);
@@ -843,10 +845,13 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
     for s in &mut topology.subscriptions {
         s.ack_deadline_seconds = ACK_DEADLINE;
     }
-    let (backbone, deployment) =
-        rig::targets::Backbone::up(rig::targets::TargetKind::Local, "stall", &topology)
-            .await
-            .unwrap_or_else(|e| panic!("bringing up the backbone: {e:#}"));
+    let (backbone, deployment) = rig_harness::backbone::Backbone::up(
+        rig_harness::targets::TargetKind::Local,
+        "stall",
+        &topology,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("bringing up the backbone: {e:#}"));
     let env = deployment.environment;
     let options = WorkerOptions::from_topology(&topology).expect("worker options");
     let raw = topology
@@ -877,7 +882,9 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
     let store = EventStore::connect(&env.event_store_admin, 1)
         .await
         .unwrap();
-    let producer = rig::producer::Producer::connect(&env, &raw).await.unwrap();
+    let producer = rig_events::producer::Producer::connect(&env.connections(), &raw)
+        .await
+        .unwrap();
     producer.publish_all(&events[..100]).await.unwrap();
     let worker = RunningWorker::start(&env, options, Arc::new(NoFaults))
         .await

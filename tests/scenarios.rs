@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use rig::report::Outcome;
-use rig::targets::{Backbone, TargetKind};
+use rig_harness::backbone::Backbone;
+use rig_harness::report::Outcome;
+use rig_harness::targets::TargetKind;
 use scenarios::{self, Runner, ScenarioReport, World};
 
 struct Shared {

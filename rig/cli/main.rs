@@ -1,16 +1,19 @@
-//! `rig`: the backbone rig's command line. Thin glue over the `rig` library.
+//! `rig`: the backbone rig's command line. Argument parsing and printing over the library
+//! crates (`rig-harness`, `rig-events`, `rig-drift`, `rig-scenarios`).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rig::environment::shell_export;
-use rig::pubsub::PubsubImplementation;
-use rig::report::Outcome;
-use rig::targets::{Backbone, DEFAULT_SCOPE, TargetKind};
-use rig::topology::Topology;
-use rig::validate::{self, Check};
+use rig_events::pubsub::PubsubImplementation;
+use rig_harness::backbone::Backbone;
+use rig_harness::environment::shell_export;
+use rig_harness::provision::DEFAULT_SCOPE;
+use rig_harness::report::Outcome;
+use rig_harness::targets::{GcpOptions, TargetKind};
+use rig_harness::validate::{self, Check};
+use rig_topology::Topology;
 use scenarios::suite;
 
 #[derive(Parser)]
@@ -235,7 +238,7 @@ impl Signals {
 /// a reader holding it open, never sees the passwords.
 /// The environment as `export` lines on stdout, and into `env_file` (private) when given.
 fn print_exports(
-    env: &rig::environment::Environment,
+    env: &rig_harness::environment::Environment,
     env_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let exports: Vec<String> = env
@@ -301,15 +304,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("--{flag} {value}: expected HOST:PORT"))
             };
             let started = Instant::now();
-            let attached =
-                rig::targets::ContainersBackbone::attach(rig::targets::AttachedServices {
+            let attached = rig_harness::targets::ContainersBackbone::attach(
+                rig_harness::targets::AttachedServices {
                     pubsub,
                     storage,
                     event_store_db: host_port("event-store-db", &event_store_db)?,
                     primary_db: host_port("primary-db", &primary_db)?,
                     root_password,
-                })
-                .await?;
+                },
+            )
+            .await?;
             let backbone =
                 Backbone::with_target(TargetKind::Containers, Box::new(attached)).await?;
             let deployment = backbone.deploy(DEFAULT_SCOPE, &topology).await?;
@@ -388,7 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             record_fidelity,
         } => {
             let gcp = match (target.target, &target.project) {
-                (TargetKind::Gcp, Some(project)) => Some(rig::targets::GcpOptions {
+                (TargetKind::Gcp, Some(project)) => Some(GcpOptions {
                     project: project.clone(),
                     environment: target.environment.clone(),
                     allow_prod: target.allow_prod,
@@ -430,9 +434,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let topology = load_topology(&environment)?;
             let (_backbone, deployment) =
                 Backbone::up(TargetKind::Env, DEFAULT_SCOPE, &topology).await?;
-            rig::worker::run_until(&deployment.environment, &topology, async move {
-                signals.next().await
-            })
+            rig_events::worker::run_until(
+                &deployment.environment.connections(),
+                &topology,
+                async move { signals.next().await },
+            )
             .await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -440,7 +446,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let topology = load_topology(&target.environment)?;
             let work = async {
                 if target.target == TargetKind::Gcp {
-                    return validate_gcp(&target, &topology).await;
+                    let options = GcpOptions {
+                        project: target.project.clone().ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--target gcp needs --project (or GOOGLE_CLOUD_PROJECT)"
+                            )
+                        })?,
+                        environment: target.environment.clone(),
+                        allow_prod: target.allow_prod,
+                    };
+                    let dead_letter = target.dead_letter.map(std::time::Duration::from_secs);
+                    return rig_drift::validate_gcp(&options, &topology, dead_letter).await;
                 }
                 let started = Instant::now();
                 let (backbone, deployment) =
@@ -491,7 +507,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn drift(args: DriftArgs) -> anyhow::Result<ExitCode> {
-    use rig::drift::live::{Endpoints, LiveReader, WorkerIdentity};
+    use rig_drift::live::{GcpEndpoints as Endpoints, LiveReader, WorkerIdentity};
     let refuse = |message: String| {
         eprintln!("error: {message}");
         Ok(ExitCode::from(2))
@@ -501,7 +517,7 @@ async fn drift(args: DriftArgs) -> anyhow::Result<ExitCode> {
     }
     let root = Topology::default_root();
     let topology = load_topology(&args.environment)?;
-    let spec = rig::topology::CloudSpec::load(&root, &args.environment).with_context(|| {
+    let spec = rig_topology::CloudSpec::load(&root, &args.environment).with_context(|| {
         format!(
             "reading the {} Terraform from {}",
             args.environment,
@@ -526,59 +542,16 @@ async fn drift(args: DriftArgs) -> anyhow::Result<ExitCode> {
     };
     let endpoints = Endpoints::from_env();
     let event_store = std::env::var_os("DB_EVENT_STORE_HOST")
-        .map(|_| rig::event_store::DbConfig::from_env(rig::event_store::EVENT_STORE_PREFIX))
+        .map(|_| {
+            rig_events::event_store::DbConfig::from_env(rig_events::event_store::EVENT_STORE_PREFIX)
+        })
         .transpose()?;
     let reader = LiveReader::new(&args.project, endpoints, worker);
-    let report = rig::drift::run(&reader, &topology, &spec, event_store.as_ref()).await;
+    let report = rig_drift::run(&reader, &topology, &spec, event_store.as_ref()).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
     }
     Ok(ExitCode::from(report.exit_code()))
-}
-
-/// `rig validate --target gcp`: the epic's validation through the acceptance resources in dev
-/// and staging; in prod (with --allow-prod) the read-only drift comparison instead.
-async fn validate_gcp(
-    target: &TargetArgs,
-    topology: &Topology,
-) -> anyhow::Result<rig::validate::Validation> {
-    use rig::targets::{Access, GcpOptions};
-    let options = GcpOptions {
-        project: target.project.clone().ok_or_else(|| {
-            anyhow::anyhow!("--target gcp needs --project (or GOOGLE_CLOUD_PROJECT)")
-        })?,
-        environment: target.environment.clone(),
-        allow_prod: target.allow_prod,
-    };
-    let spec = options.spec()?;
-    match options.admit(&spec)? {
-        Access::Acceptance => {
-            let backbone = Backbone::reach_gcp(&options)?;
-            let deployment = backbone.deploy(DEFAULT_SCOPE, topology).await?;
-            let env = &deployment.environment;
-            let mut validation = validate::run(env, topology, Vec::new(), Vec::new()).await;
-            if let Some(seconds) = target.dead_letter {
-                let (check, divergence) = rig::acceptance::ordered_dead_letter(
-                    env,
-                    topology,
-                    std::time::Duration::from_secs(seconds),
-                )
-                .await;
-                validation.checks.push(check);
-                validation.divergences.extend(divergence);
-            }
-            Ok(validation)
-        }
-        Access::ReadOnly => {
-            let reader = rig::drift::live::LiveReader::new(
-                &options.project,
-                rig::drift::live::Endpoints::from_env(),
-                rig::drift::live::WorkerIdentity::Impersonate(spec.worker_service_account.clone()),
-            );
-            let report = rig::drift::run(&reader, topology, &spec, None).await;
-            Ok(report.as_validation())
-        }
-    }
 }

@@ -7,6 +7,10 @@
 //! as soon as the nextest process (the trials' parent) is gone. Isolation comes from a unique
 //! project id (or, against GCP, unique resource names) per check, never from the process.
 
+// The shared emulator's watchdog and lock need getppid, pre_exec and flock, which std does
+// not offer. Each unsafe block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
@@ -15,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rig::process::Service;
-use rig::services::pubsub_emulator;
+use rig_harness::process::Service;
+use rig_harness::services::pubsub_emulator;
 
 /// One implementation of the Pub/Sub v1 API, as it names itself in trial names, JSON and docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,11 +60,13 @@ impl Implementation {
     }
 
     /// The same implementation as the rest of the rig names it.
-    pub fn rig_name(self) -> rig::pubsub::PubsubImplementation {
+    pub fn rig_name(self) -> rig_events::pubsub::PubsubImplementation {
         match self {
-            Implementation::OurService => rig::pubsub::PubsubImplementation::PubsubService,
-            Implementation::GoogleEmulator => rig::pubsub::PubsubImplementation::GoogleEmulator,
-            Implementation::Gcp => rig::pubsub::PubsubImplementation::Google,
+            Implementation::OurService => rig_events::pubsub::PubsubImplementation::PubsubService,
+            Implementation::GoogleEmulator => {
+                rig_events::pubsub::PubsubImplementation::GoogleEmulator
+            }
+            Implementation::Gcp => rig_events::pubsub::PubsubImplementation::Google,
         }
     }
 }
@@ -194,7 +200,7 @@ fn shared_emulator(run_id: &str) -> Result<u16, String> {
     let jar = pubsub_emulator::locate_jar().map_err(|e| e.to_string())?;
     let mut last_error = String::new();
     for _ in 0..3 {
-        let port = rig::services::free_port().map_err(|e| format!("free port: {e}"))?;
+        let port = rig_harness::services::free_port().map_err(|e| format!("free port: {e}"))?;
         match start_watched(&dir, runner, &java, &jar, port) {
             Ok(()) => {
                 std::fs::write(&port_file, port.to_string())
@@ -255,7 +261,7 @@ rm -rf "$dir"
             return Err(format!(
                 "the Pub/Sub emulator exited during start-up ({status}); log {}:\n{}",
                 log_path.display(),
-                rig::process::log_tail(&log_path, 2000)
+                rig_harness::process::log_tail(&log_path, 2000)
             ));
         }
         if emulator_answers(port) {
@@ -273,7 +279,7 @@ rm -rf "$dir"
     Err(format!(
         "the Pub/Sub emulator did not answer within 90 s; log {}:\n{}",
         log_path.display(),
-        rig::process::log_tail(&log_path, 2000)
+        rig_harness::process::log_tail(&log_path, 2000)
     ))
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::{self, Message};
-use rig::pubsub::PubsubConnection;
+use rig_events::pubsub::PubsubConnection;
 
 use crate::implementation::{Endpoint, Implementation};
 use crate::wire::Wire;

@@ -5,10 +5,11 @@
 pub mod processes;
 
 use chrono::Utc;
-use rig::environment::Environment;
-use rig::event_store::{DbConfig, NewEvent};
-use rig::targets::{Backbone, TargetKind};
-use rig::topology::Topology;
+use rig_events::event_store::{DbConfig, NewEvent};
+use rig_harness::backbone::Backbone;
+use rig_harness::environment::Environment;
+use rig_harness::targets::TargetKind;
+use rig_topology::Topology;
 use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnection;
 use uuid::Uuid;

@@ -70,14 +70,9 @@ pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 /// Sends `signal` to a child the test started.
 pub fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) on a child this test started; no memory is involved.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {signal}) failed: {}",
-        std::io::Error::last_os_error()
-    );
+    if let Err(e) = rig_harness::process::send_signal(pid, signal) {
+        panic!("kill({pid}, {signal}) failed: {e}");
+    }
 }
 
 /// Waits for `child` to exit; fails the test after `limit`.

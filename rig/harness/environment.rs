@@ -1,0 +1,90 @@
+//! What everything downstream of a target sees: endpoints, credentials and what the target
+//! allows. Not the target itself, and not the topology (callers hold that).
+
+use crate::targets::Capabilities;
+use rig_events::Connections;
+use rig_events::event_store::{DbConfig, EVENT_STORE_PREFIX, PRIMARY_PREFIX};
+use rig_events::pubsub::PubsubConnection;
+use rig_events::storage::StorageConnection;
+
+/// One deployed backbone: a Pub/Sub project, a bucket, an event store database and a primary
+/// database, with the credentials of each role.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// The target's name, for reports only: decide by [`Environment::capabilities`].
+    pub target: String,
+    pub capabilities: Capabilities,
+    /// The Terraform environment this was deployed from (`dev`, `staging`, `prod`).
+    pub backbone_environment: String,
+    /// The name this deployment was made under (scenarios each get their own).
+    pub scope: String,
+    pub pubsub: PubsubConnection,
+    pub storage: StorageConnection,
+    /// The payload bucket's name in this deployment.
+    pub bucket: String,
+    /// The worker's connection (`DB_EVENT_STORE_*`): SELECT and INSERT on the ledger only.
+    pub event_store: DbConfig,
+    /// The migration owner's connection (DDL on the event store database).
+    pub event_store_admin: DbConfig,
+    /// The SuiteX tenant application's connection (`DB_*`).
+    pub primary: DbConfig,
+    /// A privileged connection to the primary server, to observe it without being the app.
+    pub primary_admin: DbConfig,
+    /// The event store's engine, e.g. "MariaDB 10.11.19 (local stand-in for Cloud SQL MySQL 8.4)".
+    pub engine: String,
+}
+
+impl Environment {
+    /// What a worker or a producer needs of this environment.
+    pub fn connections(&self) -> Connections {
+        Connections {
+            pubsub: self.pubsub.clone(),
+            storage: self.storage.clone(),
+            bucket: self.bucket.clone(),
+            event_store: self.event_store.clone(),
+        }
+    }
+
+    /// The variables a worker, the Laravel app or a shell needs, in the order `rig up` prints them.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut vars = Vec::new();
+        if let Some(host) = self.pubsub.emulator_host() {
+            vars.push(("PUBSUB_EMULATOR_HOST".into(), host.to_string()));
+            vars.push((
+                rig_events::pubsub::RIG_PUBSUB.into(),
+                self.pubsub.implementation.to_string(),
+            ));
+        }
+        if let Some(endpoint) = &self.storage.endpoint {
+            vars.push(("STORAGE_EMULATOR_HOST".into(), endpoint.clone()));
+        }
+        vars.push((
+            "GOOGLE_CLOUD_PROJECT".into(),
+            self.pubsub.project_id.clone(),
+        ));
+        vars.push((
+            "BACKBONE_ENVIRONMENT".into(),
+            self.backbone_environment.clone(),
+        ));
+        vars.push(("BACKBONE_PAYLOAD_BUCKET".into(), self.bucket.clone()));
+        vars.extend(self.event_store.env_vars(EVENT_STORE_PREFIX));
+        vars.extend(self.primary.env_vars(PRIMARY_PREFIX));
+        vars
+    }
+}
+
+/// `export NAME='value'` with the value quoted for POSIX shells.
+pub fn shell_export(name: &str, value: &str) -> String {
+    format!("export {name}='{}'", value.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_export;
+
+    #[test]
+    fn quotes_values_for_the_shell() {
+        assert_eq!(shell_export("A", "x y"), "export A='x y'");
+        assert_eq!(shell_export("A", "it's"), r"export A='it'\''s'");
+    }
+}
