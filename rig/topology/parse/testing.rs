@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use super::module::ModuleEval;
+use super::module::Provided;
 use super::source::ModuleSource;
-use super::variables::Provided;
 use super::{Configuration, Value, load_environment};
 use crate::{Location, TopologyError};
 
