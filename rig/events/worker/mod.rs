@@ -16,7 +16,7 @@
 //!   that fails 5 times in a row can push a healthy message to the dead-letter topic;
 //! - a key's loop takes what is queued for the key at once (up to [`KEY_BATCH`] messages),
 //!   appends their events with one statement and publishes them to merged together, with the
-//!   outcome one-by-one processing would have (see [`Core::run_batch`]). The one difference:
+//!   outcome one-by-one processing would have (see `batch::Ingest::run_batch`). The one difference:
 //!   messages behind a failure may already be stored by that statement (their redelivery is
 //!   an idempotent replay, after the failed one), and their `before_append` fault may already
 //!   have been asked;
@@ -29,10 +29,11 @@
 //!   acceptance subscriptions of `events.merged` and `events.dlq`.
 
 mod acceptance;
+mod batch;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -45,8 +46,9 @@ use tokio::sync::mpsc;
 
 use crate::Connections;
 use crate::claim_check::{self, ClaimError};
-use crate::envelope::{self, PayloadSource};
+use crate::envelope::ClaimRef;
 use crate::event_store::{AppendError, Appended, EventStore, NewEvent};
+use batch::{Delivery, Ingest, Io, PublishError};
 
 pub use acceptance::AcceptanceMode;
 use rig_topology::Topology;
@@ -57,7 +59,7 @@ const HAND_BACK_LIMIT: Duration = Duration::from_secs(2);
 const HAND_BACK_QUIET: Duration = Duration::from_millis(50);
 /// How long a key's loop waits for its next message before it ends.
 const KEY_IDLE: Duration = Duration::from_secs(30);
-/// How many event ids the worker remembers as published to merged (see `Core::published`).
+/// How many event ids the worker remembers as published to merged (see `Ingest::published`).
 const PUBLISHED_MEMORY: usize = 100_000;
 /// How many queued messages of one key a key loop takes at once (by default). Their events are appended
 /// with one statement and published to merged together: one database round trip and one
@@ -65,9 +67,6 @@ const PUBLISHED_MEMORY: usize = 100_000;
 /// the worker (the publisher holds each batch up to 10 ms to fill it). Bounded so that one
 /// busy key yields to the others and its statement stays small.
 pub const KEY_BATCH: usize = 100;
-/// Payload bytes a group holds before it is appended (claim-checked payloads are fetched
-/// into memory first).
-const GROUP_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the worker reads and writes, taken from the Terraform topology.
 #[derive(Debug, Clone)]
@@ -193,22 +192,6 @@ impl WorkerStats {
     }
 }
 
-/// How one delivery ended.
-enum Disposition {
-    Ack,
-    /// Failed for a reason a retry may cure (the database or GCS unavailable, ...).
-    Nack(String),
-}
-
-/// What the worker needs of a delivery: its attempt number, and settling it. The subscriber's
-/// [`Handler`] in production; the unit tests record the outcome instead.
-trait Delivery: Send {
-    /// The delivery attempt as the service counts it (1 when it does not count).
-    fn attempt(&self) -> u32;
-    fn ack(self);
-    fn nack(self);
-}
-
 impl Delivery for Handler {
     fn attempt(&self) -> u32 {
         self.delivery_attempt()
@@ -223,83 +206,67 @@ impl Delivery for Handler {
     }
 }
 
-/// How checking a message before the append ended.
-enum Prepared {
-    /// A valid event, to append.
-    Event(NewEvent),
-    /// Bad input: to be dead-lettered with this reason.
-    Bad(String),
-    /// A failure a retry may cure: to be nacked with this reason.
-    Failed(String),
-}
-
-/// A checked message of a batch, on its way to the ledger and merged.
-struct Member<D> {
-    message: Message,
-    delivery: D,
-    attempt: u32,
-    event: NewEvent,
-    appending: Appending,
-    /// Whether the `after_append` fault was asked (once per delivery).
-    checked: bool,
-    /// How it is to be settled on its own, once decided (kept if it has to wait its turn).
-    own: Option<Own>,
-}
-
-impl<D> Member<D> {
-    /// Whether its append failed in a way a retry may cure, so that coming round again it is
-    /// appended again.
-    fn retry_append(&self) -> bool {
-        matches!(
-            self.appending,
-            Appending::Failed(_) | Appending::Done(Err(AppendError::Database(_)))
-        )
-    }
-}
-
-/// Where a member's event is in the ledger.
-enum Appending {
-    /// Not appended (yet, or again).
-    Pending,
-    /// The statement's outcome for this event.
-    Done(Result<Appended, AppendError>),
-    /// The statement failed as a whole (the database unavailable, ...).
-    Failed(String),
-}
-
-/// An appended event that is not simply published: it is settled on its own, after what
-/// precedes it.
-enum Own {
-    Nack(String),
-    DeadLetter(String),
-}
-
-/// The failed message `message` has to wait for, if its key is blocked by another one.
-fn blocker_of(blocked: &Option<(String, Instant)>, message: &Message) -> Option<String> {
-    blocked
-        .as_ref()
-        .filter(|(blocker, _)| *blocker != message.message_id)
-        .map(|(blocker, _)| blocker.clone())
-}
-
-struct Core {
-    options: WorkerOptions,
+/// The worker's I/O: the ingest logic's [`Io`] on the real clients.
+struct Clients {
     store: EventStore,
     storage: Storage,
     merged: Publisher,
     dead_letters: Publisher,
-    faults: Arc<dyn Faults>,
-    stats: Arc<WorkerStats>,
-    /// Events this process already published to merged, so a redelivery of a stored event
-    /// is not published twice. (After a restart the set is empty: merged is at-least-once.)
-    published: Mutex<HashSet<uuid::Uuid>>,
-    stopping: AtomicBool,
-    /// The environment's payload bucket: the only one a claim check may point into.
-    payload_bucket: String,
+}
+
+impl Io for Clients {
+    fn fetch_claim(
+        &self,
+        claim: &ClaimRef,
+        verify: bool,
+    ) -> impl Future<Output = Result<String, ClaimError>> + Send {
+        claim_check::fetch(&self.storage, claim, verify)
+    }
+
+    fn append(
+        &self,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<Vec<Result<Appended, AppendError>>, sqlx::Error>> + Send {
+        self.store.append_batch(events)
+    }
+
+    fn publish_merged(
+        &self,
+        message: Message,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send + 'static {
+        let published = self.merged.publish(message);
+        async move {
+            published
+                .await
+                .map(|_| ())
+                .map_err(|e| PublishError::from(Box::new(e)))
+        }
+    }
+
+    fn resume_merged(&self, ordering_key: &str) {
+        self.merged.resume_publish(ordering_key);
+    }
+
+    fn publish_dead_letter(
+        &self,
+        message: Message,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        let published = self.dead_letters.publish(message);
+        async move {
+            published
+                .await
+                .map(|_| ())
+                .map_err(|e| PublishError::from(Box::new(e)))
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
 }
 
 pub struct Worker {
-    core: Arc<Core>,
+    core: Arc<Ingest<Clients>>,
     env: Connections,
 }
 
@@ -324,18 +291,13 @@ impl Worker {
                     env.event_store.username
                 )
             })?;
-        let core = Core {
+        let clients = Clients {
             store,
             storage: env.storage.client().await?,
             merged: env.pubsub.publisher(&options.merged_topic).await?,
             dead_letters: env.pubsub.publisher(&options.dead_letter_topic).await?,
-            faults,
-            stats: Arc::default(),
-            published: Mutex::default(),
-            stopping: AtomicBool::new(false),
-            payload_bucket: env.bucket.clone(),
-            options,
         };
+        let core = Ingest::new(options, clients, faults, env.bucket.clone());
         Ok(Self {
             core: Arc::new(core),
             env: env.clone(),
@@ -416,7 +378,7 @@ impl Worker {
             }
             if message.ordering_key.is_empty() {
                 let core = self.core.clone();
-                tasks.spawn(async move { core.deliver(message, handler).await });
+                tasks.spawn(deliver(core, message, handler));
                 continue;
             }
             let key = message.ordering_key.clone();
@@ -425,7 +387,7 @@ impl Worker {
             for _ in 0..2 {
                 let sender = keys.entry(key.clone()).or_insert_with(|| {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    tasks.spawn(self.core.clone().key_loop(rx));
+                    tasks.spawn(key_loop(self.core.clone(), rx));
                     tx
                 });
                 match sender.send(delivery) {
@@ -482,512 +444,43 @@ async fn hand_back_buffered(stream: &mut google_cloud_pubsub::subscriber::Messag
     }
 }
 
-impl Core {
-    /// A message without an ordering key: a batch of one, with nothing to block.
-    async fn deliver(self: Arc<Self>, message: Message, handler: Handler) {
-        self.run_batch(vec![(message, handler)], &mut None).await;
-    }
+/// A message without an ordering key: a batch of one, with nothing to block.
+async fn deliver(ingest: Arc<Ingest<Clients>>, message: Message, handler: Handler) {
+    ingest.run_batch(vec![(message, handler)], &mut None).await;
+}
 
-    /// Whether this is the message's last attempt before the service dead-letters it.
-    fn last_attempt(&self, attempt: u32) -> bool {
-        self.options
-            .max_delivery_attempts
-            .is_some_and(|max| attempt >= max)
-    }
-
-    /// A failure on the last attempt is dead-lettered by the worker itself, with its reason:
-    /// the message's fate never passes to the service's dead-letter policy, which the
-    /// emulator cannot carry out on an ordered subscription (its stream fails, and every later
-    /// event of every key with it) and which would record no reason. Only if that publish
-    /// fails too is the message nacked and left to the policy.
-    async fn settle(
-        &self,
-        message: &Message,
-        attempt: u32,
-        disposition: Disposition,
-    ) -> Disposition {
-        match disposition {
-            Disposition::Nack(reason) if self.last_attempt(attempt) => {
-                let reason = format!(
-                    "given up on delivery attempt {attempt} (the subscription's last): {reason}"
-                );
-                self.dead_letter(message, &reason, attempt).await
-            }
-            other => other,
-        }
-    }
-
-    /// One ordering key's messages, in order. Once a message fails, the key is blocked: later
-    /// messages of the key are nacked (not stored) until the failed one comes back and is
-    /// stored, or has had its last attempt. Holding them instead would deadlock: an ordered
-    /// subscription does not redeliver the failed message while later messages of its key are
-    /// outstanding.
-    ///
-    /// The loop takes what is queued for its key at once (up to `key_batch`) and hands it to
-    /// [`Core::run_batch`], which keeps exactly these rules message by message.
-    async fn key_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(Message, Handler)>) {
-        let mut blocked: Option<(String, Instant)> = None;
-        loop {
-            let next = match tokio::time::timeout(KEY_IDLE, rx.recv()).await {
-                Ok(next) => next,
-                // Idle and not waiting for a redelivery: end, so that keys seen once do not
-                // each keep a task and a channel for the life of the worker.
-                Err(_) if blocked.is_none() => break,
-                Err(_) => continue,
-            };
-            let Some(first) = next else {
-                break;
-            };
-            let mut batch = vec![first];
-            while batch.len() < self.options.key_batch.max(1) {
-                match rx.try_recv() {
-                    Ok(delivery) => batch.push(delivery),
-                    Err(_) => break,
-                }
-            }
-            self.run_batch(batch, &mut blocked).await;
-        }
-    }
-
-    /// Handles consecutive deliveries of one key with the outcome processing them one by one
-    /// would have, but with one INSERT for the valid events and their publishes to merged in
-    /// flight together:
-    ///
-    /// 1. in order, each message is checked (decoded, claim fetched, validated, the
-    ///    `before_append` fault asked) and joins the group to append, until one ends before
-    ///    the append (bad input, a transient failure): the group before it is settled first
-    ///    (steps 2–3), then that message — dead-lettered, or nacked and blocking the key;
-    /// 2. the group is appended with one statement ([`EventStore::append_batch`]);
-    /// 3. in order: the `after_append` fault, then runs of events are published to merged
-    ///    together (the ordering key keeps their order) and acked; after a failed publish
-    ///    the rest of the run goes one at a time, so only a message that fails on its own is
-    ///    nacked; an event the ledger refuses is dead-lettered once what precedes it is acked.
-    ///
-    /// Whatever comes after a failure is deferred as in one-by-one processing (nacked, or
-    /// dead-lettered on its last attempt), even if the group's statement already stored it:
-    /// its redelivery finds it stored (an idempotent replay), after the failed one.
-    async fn run_batch<D: Delivery>(
-        &self,
-        batch: Vec<(Message, D)>,
-        blocked: &mut Option<(String, Instant)>,
-    ) {
-        let mut group: Vec<Member<D>> = Vec::new();
-        let mut group_bytes = 0;
-        for (message, delivery) in batch {
-            if self.stopping.load(Ordering::SeqCst) {
-                delivery.nack();
-                continue;
-            }
-            // Another worker may have taken over the failed message; don't wait forever.
-            if blocked
-                .as_ref()
-                .is_some_and(|(_, since)| since.elapsed() > self.options.block_timeout)
-            {
-                *blocked = None;
-            }
-            let attempt = delivery.attempt();
-            if let Some(blocker) = blocker_of(blocked, &message) {
-                self.defer(&message, delivery, attempt, &blocker).await;
-                continue;
-            }
-            // The failed message is back: it runs, and blocks again only if it fails again.
-            *blocked = None;
-            match self.prepare(&message, attempt).await {
-                Prepared::Event(event) => {
-                    group_bytes += event.payload.len();
-                    group.push(Member {
-                        message,
-                        delivery,
-                        attempt,
-                        event,
-                        appending: Appending::Pending,
-                        checked: false,
-                        own: None,
-                    });
-                    // Fetched claim-checked payloads are held until the append: bounded.
-                    if group_bytes >= GROUP_BYTES {
-                        self.store_and_publish(std::mem::take(&mut group), blocked)
-                            .await;
-                        group_bytes = 0;
-                    }
-                }
-                Prepared::Bad(reason) => {
-                    self.store_and_publish(std::mem::take(&mut group), blocked)
-                        .await;
-                    group_bytes = 0;
-                    if let Some(blocker) = blocker_of(blocked, &message) {
-                        self.defer(&message, delivery, attempt, &blocker).await;
-                        continue;
-                    }
-                    let disposition = self.dead_letter(&message, &reason, attempt).await;
-                    self.finish(&message, delivery, attempt, disposition, blocked)
-                        .await;
-                }
-                Prepared::Failed(reason) => {
-                    self.store_and_publish(std::mem::take(&mut group), blocked)
-                        .await;
-                    group_bytes = 0;
-                    if let Some(blocker) = blocker_of(blocked, &message) {
-                        self.defer(&message, delivery, attempt, &blocker).await;
-                        continue;
-                    }
-                    let disposition = Disposition::Nack(reason);
-                    self.finish(&message, delivery, attempt, disposition, blocked)
-                        .await;
-                }
-            }
-        }
-        self.store_and_publish(group, blocked).await;
-    }
-
-    /// Steps 2 and 3 of [`Core::run_batch`] for a group of checked events, in order.
-    async fn store_and_publish<D: Delivery>(
-        &self,
-        group: Vec<Member<D>>,
-        blocked: &mut Option<(String, Instant)>,
-    ) {
-        let mut queue: VecDeque<Member<D>> = group.into();
-        while !queue.is_empty() {
-            if let Some((blocker, _)) = blocked.clone() {
-                for m in queue.drain(..) {
-                    self.defer(&m.message, m.delivery, m.attempt, &blocker)
-                        .await;
-                }
-                return;
-            }
-            // Everything not appended yet, with one statement. (After a failure that was given
-            // up on its last attempt the rest comes round again: a transient outcome is retried.)
-            for m in queue.iter_mut() {
-                if m.retry_append() {
-                    m.appending = Appending::Pending;
-                    m.own = None;
-                }
-            }
-            let fresh: Vec<usize> = (0..queue.len())
-                .filter(|&i| matches!(queue[i].appending, Appending::Pending))
-                .collect();
-            if !fresh.is_empty() {
-                let events: Vec<NewEvent> = fresh.iter().map(|&i| queue[i].event.clone()).collect();
-                self.stats.appends.fetch_add(1, Ordering::Relaxed);
-                match self.store.append_batch(&events).await {
-                    Ok(outcomes) => {
-                        for (i, outcome) in fresh.into_iter().zip(outcomes) {
-                            match outcome {
-                                Ok(Appended::Stored) => {
-                                    self.stats.stored.fetch_add(1, Ordering::Relaxed)
-                                }
-                                Ok(Appended::AlreadyStored) => {
-                                    self.stats.already_stored.fetch_add(1, Ordering::Relaxed)
-                                }
-                                Err(_) => 0,
-                            };
-                            queue[i].appending = Appending::Done(outcome);
-                        }
-                    }
-                    // Nothing is known of any of them: the first of them fails (once what
-                    // precedes it is settled), the rest wait behind it.
-                    Err(e) => {
-                        let reason = format!("event store: {e}");
-                        for i in fresh {
-                            queue[i].appending = Appending::Failed(reason.clone());
-                        }
-                    }
-                }
-            }
-            // In order: runs of stored events go to merged together; an event that needs
-            // handling of its own ends the run, which is settled before it.
-            let mut run: Vec<Member<D>> = Vec::new();
-            while let Some(mut m) = queue.pop_front() {
-                let own = match (m.own.take(), &m.appending) {
-                    (Some(own), _) => Some(own),
-                    (None, Appending::Failed(reason)) => {
-                        tracing::warn!(event_id = %m.event.event_id, "{reason}");
-                        Some(Own::Nack(reason.clone()))
-                    }
-                    (None, Appending::Done(Err(AppendError::Database(e)))) => {
-                        tracing::warn!(event_id = %m.event.event_id, "event store: {e}");
-                        Some(Own::Nack(format!("event store: {e}")))
-                    }
-                    (None, Appending::Done(Err(e))) => Some(Own::DeadLetter(e.to_string())),
-                    (None, Appending::Done(Ok(_))) if !m.checked => {
-                        m.checked = true;
-                        (self.faults.after_append(m.event.event_id, m.attempt) == Fault::Nack)
-                            .then(|| Own::Nack("a fault injected after the append".into()))
-                    }
-                    (None, _) => None,
-                };
-                let Some(own) = own else {
-                    run.push(m);
-                    continue;
-                };
-                let rest = self.publish_run(std::mem::take(&mut run), blocked).await;
-                if !rest.is_empty() || blocked.is_some() {
-                    m.own = Some(own);
-                    queue.push_front(m);
-                    for r in rest.into_iter().rev() {
-                        queue.push_front(r);
-                    }
-                    break;
-                }
-                let disposition = match own {
-                    Own::Nack(reason) => Disposition::Nack(reason),
-                    Own::DeadLetter(reason) => {
-                        self.dead_letter(&m.message, &reason, m.attempt).await
-                    }
-                };
-                self.finish(&m.message, m.delivery, m.attempt, disposition, blocked)
-                    .await;
-                // Blocked: the rest is deferred. Given up on its last attempt instead: what
-                // the failed statement left unknown is appended again before it goes on.
-                if blocked.is_some() || queue.iter().any(Member::retry_append) {
-                    break;
-                }
-            }
-            let rest = self.publish_run(run, blocked).await;
-            for r in rest.into_iter().rev() {
-                queue.push_front(r);
-            }
-        }
-    }
-
-    /// Publishes a run of stored events to merged together and acks them in order. A publish
-    /// request is refused whole, so after a failure (the client then pauses the key: it is
-    /// resumed) the rest of the run is published one at a time, as one-by-one processing
-    /// would: the first that fails on its own is nacked. Returns what follows it, unsettled,
-    /// when it blocks the key.
-    async fn publish_run<D: Delivery>(
-        &self,
-        run: Vec<Member<D>>,
-        blocked: &mut Option<(String, Instant)>,
-    ) -> Vec<Member<D>> {
-        if run.is_empty() {
-            return run;
-        }
-        // An event this process already published is not published again; neither is a
-        // second copy within the run (a producer's retry).
-        let mut in_run = HashSet::new();
-        let futures: Vec<_> = run
-            .iter()
-            .map(|m| {
-                let id = m.event.event_id;
-                (!self.was_published(id) && in_run.insert(id)).then(|| self.publish_merged(m))
-            })
-            .collect();
-        // Each publish is on its way already; awaiting in order costs no extra round trip.
-        let mut results = Vec::with_capacity(futures.len());
-        for future in futures {
-            results.push(match future {
-                Some(future) => future.await.map(|_| ()),
-                None => Ok(()),
-            });
-        }
-        let mut run = run.into_iter().zip(results);
-        for (m, result) in run.by_ref() {
-            if let Err(e) = result {
-                tracing::debug!(event_id = %m.event.event_id, "publishing a run to merged: {e}; one at a time now");
-                self.merged.resume_publish(m.message.ordering_key.clone());
-                let mut rest = vec![m];
-                rest.extend(run.map(|(m, _)| m));
-                return self.publish_one_by_one(rest, blocked).await;
-            }
-            self.remember_published(m.event.event_id);
-            self.finish(&m.message, m.delivery, m.attempt, Disposition::Ack, blocked)
-                .await;
-        }
-        Vec::new()
-    }
-
-    /// Publishes to merged and acks one event after another until one fails: it is nacked
-    /// and, if that blocks the key, what follows is returned unsettled.
-    async fn publish_one_by_one<D: Delivery>(
-        &self,
-        run: Vec<Member<D>>,
-        blocked: &mut Option<(String, Instant)>,
-    ) -> Vec<Member<D>> {
-        let mut run = run.into_iter();
-        while let Some(m) = run.next() {
-            let result = if self.was_published(m.event.event_id) {
-                Ok(())
-            } else {
-                self.publish_merged(&m).await.map(|_| ())
-            };
-            match result {
-                Ok(()) => {
-                    self.remember_published(m.event.event_id);
-                    self.finish(&m.message, m.delivery, m.attempt, Disposition::Ack, blocked)
-                        .await;
-                }
-                Err(e) => {
-                    let topic = &self.options.merged_topic;
-                    tracing::warn!(event_id = %m.event.event_id, "publishing to {topic}: {e}");
-                    self.merged.resume_publish(m.message.ordering_key.clone());
-                    let disposition = Disposition::Nack(format!("publishing to {topic}: {e}"));
-                    self.finish(&m.message, m.delivery, m.attempt, disposition, blocked)
-                        .await;
-                    // Given up on its last attempt, it blocks nothing: the key goes on.
-                    if blocked.is_some() {
-                        return run.collect();
-                    }
-                }
-            }
-        }
-        Vec::new()
-    }
-
-    /// The stored event on its way to merged, with the raw message's data and ordering key.
-    fn publish_merged<D>(&self, m: &Member<D>) -> google_cloud_pubsub::publisher::PublishFuture {
-        self.merged.publish(
-            Message::new()
-                .set_data(m.message.data.clone())
-                .set_ordering_key(m.message.ordering_key.clone())
-                .set_attributes(envelope::merged_attributes(&m.message.attributes, &m.event)),
-        )
-    }
-
-    /// Checks one message up to the append: decoded, its claim-checked payload fetched and
-    /// verified, validated, and the `before_append` fault asked.
-    async fn prepare(&self, message: &Message, attempt: u32) -> Prepared {
-        let envelope = match envelope::decode(message) {
-            Ok(e) => e,
-            Err(reason) => return Prepared::Bad(reason),
+/// One ordering key's messages, in order. Once a message fails, the key is blocked: later
+/// messages of the key are nacked (not stored) until the failed one comes back and is
+/// stored, or has had its last attempt. Holding them instead would deadlock: an ordered
+/// subscription does not redeliver the failed message while later messages of its key are
+/// outstanding.
+///
+/// The loop takes what is queued for its key at once (up to `key_batch`) and hands it to
+/// `Ingest::run_batch`, which keeps exactly these rules message by message.
+async fn key_loop(
+    ingest: Arc<Ingest<Clients>>,
+    mut rx: mpsc::UnboundedReceiver<(Message, Handler)>,
+) {
+    let mut blocked: Option<(String, Instant)> = None;
+    loop {
+        let next = match tokio::time::timeout(KEY_IDLE, rx.recv()).await {
+            Ok(next) => next,
+            // Idle and not waiting for a redelivery: end, so that keys seen once do not
+            // each keep a task and a channel for the life of the worker.
+            Err(_) if blocked.is_none() => break,
+            Err(_) => continue,
         };
-        let payload = match &envelope.payload {
-            PayloadSource::Inline(p) => p.clone(),
-            // The worker's identity may read more than this bucket: a reference elsewhere
-            // would make it fetch, and store, whatever the publisher points at.
-            PayloadSource::Claim(claim) if claim.bucket != self.payload_bucket => {
-                return Prepared::Bad(format!(
-                    "claim reference {} is outside the payload bucket {}",
-                    claim.uri(),
-                    self.payload_bucket
-                ));
-            }
-            PayloadSource::Claim(claim) => {
-                match claim_check::fetch(&self.storage, claim, self.options.verify_claims).await {
-                    Ok(p) => p,
-                    Err(ClaimError::Rejected(reason)) => return Prepared::Bad(reason),
-                    Err(ClaimError::Transient(e)) => {
-                        tracing::warn!(event_id = %envelope.event_id, "claim check: {e}");
-                        return Prepared::Failed(format!("claim check: {e}"));
-                    }
-                }
-            }
+        let Some(first) = next else {
+            break;
         };
-        let key_check = envelope::check_ordering_key(message, &envelope);
-        let event = envelope.into_event(payload);
-        if let Err(invalid) = event.validate() {
-            return Prepared::Bad(invalid.reason);
-        }
-        if let Err(reason) = key_check {
-            return Prepared::Bad(reason);
-        }
-        if self.faults.before_append(event.event_id, attempt) == Fault::Nack {
-            return Prepared::Failed("a fault injected before the append".into());
-        }
-        Prepared::Event(event)
-    }
-
-    /// Settles a processed delivery: acked (the key moves on), or nacked (the key is blocked
-    /// behind it, unless this was its last attempt: then the service dead-letters it).
-    async fn finish<D: Delivery>(
-        &self,
-        message: &Message,
-        delivery: D,
-        attempt: u32,
-        disposition: Disposition,
-        blocked: &mut Option<(String, Instant)>,
-    ) {
-        let disposition = self.settle(message, attempt, disposition).await;
-        tracing::debug!(
-            key = %message.ordering_key,
-            message_id = %message.message_id,
-            attempt,
-            ack = matches!(disposition, Disposition::Ack),
-            "delivery"
-        );
-        match disposition {
-            Disposition::Ack => {
-                delivery.ack();
-                *blocked = None;
-            }
-            Disposition::Nack(_) => {
-                self.stats.nacked.fetch_add(1, Ordering::Relaxed);
-                delivery.nack();
-                // Only a failed dead-letter publish on the last attempt ends here: then
-                // the service dead-letters it, and the key moves on.
-                let last_attempt = self.last_attempt(attempt);
-                *blocked = (!last_attempt).then(|| (message.message_id.clone(), Instant::now()));
+        let mut batch = vec![first];
+        while batch.len() < ingest.options.key_batch.max(1) {
+            match rx.try_recv() {
+                Ok(delivery) => batch.push(delivery),
+                Err(_) => break,
             }
         }
-    }
-
-    /// A later message of a blocked key: nacked, to come back after the failed one (or
-    /// dead-lettered with the reason if this was its last attempt).
-    async fn defer<D: Delivery>(
-        &self,
-        message: &Message,
-        delivery: D,
-        attempt: u32,
-        blocker: &str,
-    ) {
-        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(key = %message.ordering_key, message_id = %message.message_id, "deferred behind a failed message");
-        let held = Disposition::Nack(format!(
-            "held back behind message {blocker} of the same ordering key, which had not been stored; dead-lettered rather than stored out of order: replay it after that one"
-        ));
-        match self.settle(message, attempt, held).await {
-            Disposition::Ack => delivery.ack(),
-            Disposition::Nack(_) => delivery.nack(),
-        }
-    }
-
-    fn was_published(&self, event_id: uuid::Uuid) -> bool {
-        self.published
-            .lock()
-            .map(|set| set.contains(&event_id))
-            .unwrap_or(false)
-    }
-
-    fn remember_published(&self, event_id: uuid::Uuid) {
-        if let Ok(mut set) = self.published.lock() {
-            // Bounded: forgetting only risks a duplicate on merged, which is at-least-once.
-            if set.len() >= PUBLISHED_MEMORY {
-                set.clear();
-            }
-            set.insert(event_id);
-        }
-    }
-
-    /// Sends bad input to the dead-letter topic with its reason; acks only once that publish
-    /// succeeded, so nothing is lost if the dead-letter topic is unavailable.
-    async fn dead_letter(&self, message: &Message, reason: &str, attempt: u32) -> Disposition {
-        let mut attributes = envelope::dead_letter_attributes(
-            &message.attributes,
-            reason,
-            &self.options.subscription,
-            &message.message_id,
-        );
-        attributes.insert(
-            envelope::DEAD_LETTER_DELIVERY_ATTEMPT.into(),
-            attempt.to_string(),
-        );
-        let dead = Message::new()
-            .set_data(message.data.clone())
-            .set_attributes(attributes);
-        match self.dead_letters.publish(dead).await {
-            Ok(_) => {
-                tracing::info!(message_id = %message.message_id, "dead-lettered: {reason}");
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                Disposition::Ack
-            }
-            Err(e) => {
-                tracing::warn!("publishing to {}: {e}", self.options.dead_letter_topic);
-                Disposition::Nack(format!(
-                    "dead-lettering ({reason}) failed: publishing to {}: {e}",
-                    self.options.dead_letter_topic
-                ))
-            }
-        }
+        ingest.run_batch(batch, &mut blocked).await;
     }
 }
 
