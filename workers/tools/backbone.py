@@ -31,9 +31,20 @@ def now_ms():
     return int(time.time() * 1000)
 
 
+def _one_number_type(value):
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _one_number_type(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_one_number_type(v) for v in value]
+    return value
+
+
 def canonical_json(text):
-    """rig_verify::plan::canonical_json: keys sorted, no insignificant whitespace."""
-    return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """rig_verify::plan::canonical_json: keys sorted, no insignificant whitespace, 500.0 as 500."""
+    return json.dumps(_one_number_type(json.loads(text)), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
 
 
 def payload_digest(text):

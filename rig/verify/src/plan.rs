@@ -486,6 +486,14 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
             }
             out.push(']');
         }
+        // JSON has one number type: 500.0 and 500 are one value (PHP's json_encode and
+        // MySQL write 500.0 as 500), so integral doubles are written as integers.
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                out.push_str(&(f as i64).to_string())
+            }
+            _ => out.push_str(&n.to_string()),
+        },
         other => out.push_str(&other.to_string()),
     }
 }
@@ -1257,6 +1265,7 @@ mod tests {
         );
         assert_ne!(canonical_json(r#"{"a":1}"#), canonical_json(r#"{"a":2}"#));
         assert_eq!(canonical_json("NaN"), None);
+        assert_eq!(canonical_json(r#"{"a":500.0,"b":12.5}"#).unwrap(), r#"{"a":500,"b":12.5}"#);
     }
 
     #[test]
