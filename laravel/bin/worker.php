@@ -618,6 +618,9 @@ final class Worker
 }
 
 rig_require_env(['DB_EVENT_STORE_']);
+// A frozen or vanished event store must fail a statement (a transient failure: nack and
+// reconnect), not hang it for mysqlnd's default of a day while the leases run out.
+ini_set('mysqlnd.net_read_timeout', '10');
 $config = require dirname(__DIR__).'/config/database.php';
 // The worker's only connection: the primary (`mysql`, DB_*) is never configured here.
 $eventStore = $config['connections']['event_store'];

@@ -1677,6 +1677,18 @@ fn figures(
         backlog += backlog_delta[i];
         second.backlog = backlog.max(0) as u64;
     }
+    if stored_samples.is_empty() && merged_first_at.is_empty() {
+        // Nor the worker's publishes: when the first copies reached the merged reader.
+        let mut seen: HashSet<&str> = HashSet::default();
+        for m in &snapshot.merged {
+            if let (Some(id), Some(at)) = (m.attributes.get("event_id"), m.received_at_ms)
+                && seen.insert(id.as_str())
+            {
+                merged_first_at.push(slot(at));
+            }
+        }
+        merged_first_at.sort_unstable();
+    }
     if stored_samples.is_empty() {
         // No ledger samples: the first copies on merged stand in for the stores.
         stored_samples = merged_first_at.into_iter().zip(1..).collect();

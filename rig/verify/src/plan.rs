@@ -1265,7 +1265,10 @@ mod tests {
         );
         assert_ne!(canonical_json(r#"{"a":1}"#), canonical_json(r#"{"a":2}"#));
         assert_eq!(canonical_json("NaN"), None);
-        assert_eq!(canonical_json(r#"{"a":500.0,"b":12.5}"#).unwrap(), r#"{"a":500,"b":12.5}"#);
+        assert_eq!(
+            canonical_json(r#"{"a":500.0,"b":12.5}"#).unwrap(),
+            r#"{"a":500,"b":12.5}"#
+        );
     }
 
     #[test]

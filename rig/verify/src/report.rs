@@ -273,7 +273,7 @@ pub fn svg(verdict: &Verdict, title: &str) -> Result<String, DrawError> {
             chart
                 .draw_series(std::iter::once(Text::new(
                     w.label(),
-                    (from, left_max * (0.97 - 0.05 * (i % 4) as f64)),
+                    (from, left_max * (0.96 - 0.05 * (i % 6) as f64)),
                     ("sans-serif", 11).into_font().color(&colour),
                 )))
                 .map_err(e)?;
@@ -305,7 +305,7 @@ pub fn svg(verdict: &Verdict, title: &str) -> Result<String, DrawError> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
