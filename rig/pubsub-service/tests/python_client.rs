@@ -171,3 +171,81 @@ async fn a_python_nack_on_an_ordered_key_brings_back_the_message_and_the_rest_of
         "after k:3's redelivery the key's later messages (acknowledged ones included) come again, in order: {deliveries:?}"
     );
 }
+
+/// Every nack is a delivery attempt: "ModifyAckDeadline 0" counts for the dead-letter policy
+/// (<https://cloud.google.com/pubsub/docs/handling-failures#dead_letter_topic>).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_nacks_count_as_attempts_until_the_message_is_dead_lettered() {
+    let result = run_python(
+        include_str!("python/dead_letter.py"),
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(
+        result["attempts"],
+        serde_json::json!([1, 2, 3, 4, 5]),
+        "{result}"
+    );
+    let copy = &result["dead_letter"];
+    assert_eq!(copy["data"], "poison", "{result}");
+    assert_eq!(copy["attributes"]["origin"], "test");
+    assert_eq!(
+        copy["attributes"]["CloudPubSubDeadLetterSourceDeliveryCount"],
+        "5"
+    );
+    assert_eq!(
+        copy["attributes"]["CloudPubSubDeadLetterSourceSubscription"],
+        "source-sub"
+    );
+}
+
+/// The client extends the lease of a message its callback still holds
+/// (<https://cloud.google.com/pubsub/docs/lease-management>): no redelivery at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_lease_extensions_keep_a_slow_message_leased() {
+    let result = run_python(
+        include_str!("python/lease_extension.py"),
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(
+        result["deliveries"],
+        serde_json::json!(["slow"]),
+        "{result}"
+    );
+}
+
+/// <https://cloud.google.com/pubsub/docs/exactly-once-delivery>
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_exactly_once_acks_are_confirmed_and_expired_ids_refused() {
+    let result = run_python(
+        include_str!("python/exactly_once.py"),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        result["deliveries"],
+        serde_json::json!(["once"]),
+        "{result}"
+    );
+    assert_eq!(result["ack"], "SUCCESS", "{result}");
+    assert_eq!(result["stale_ack"], "INVALID_ARGUMENT", "{result}");
+    assert_eq!(result["fresh_ack"], "accepted");
+}
+
+/// Fault labels changed over gRPC on a live subscription take effect at once and stop when
+/// removed (the REST path: `tests/observation.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_fault_label_updates_over_grpc_take_effect_at_once() {
+    let result = run_python(
+        include_str!("python/fault_labels.py"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        result["rounds"],
+        serde_json::json!([["m"], ["m"], ["m"], []]),
+        "duplicated while the label is set, then no more: {result}"
+    );
+    assert_eq!(result["labels"], serde_json::json!({}));
+}
