@@ -96,10 +96,7 @@ async fn the_history_is_switched_on_and_read_over_http() {
         )
         .await;
     assert_eq!(events(&rest), ["deliver", "ack"]);
-    assert_eq!(
-        rest["records"][0]["consumer"]["pull"].as_u64().is_some(),
-        true
-    );
+    assert!(rest["records"][0]["consumer"]["pull"].as_u64().is_some());
     assert_eq!(rest["records"][1]["ackId"], ack_id);
     assert_eq!(rest["more"], false);
     // Another project's traffic is not in this history.
