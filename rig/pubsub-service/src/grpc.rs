@@ -1,60 +1,36 @@
-//! The gRPC surface: `google.pubsub.v1.Publisher` and `Subscriber` over the broker. What the
-//! official clients' data plane uses (Publish, StreamingPull, Acknowledge,
-//! ModifyAckDeadline) and what the Python client uses for admin too.
+//! The gRPC surface: `google.pubsub.v1.Publisher` and `Subscriber` over the broker, through
+//! the operations in `service.rs` that REST shares. What the official clients' data plane uses
+//! (Publish, StreamingPull, Acknowledge, ModifyAckDeadline), what the Python client uses for
+//! admin too, snapshots and seek.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::broker::{AckOutcome, ConsumerId, UNARY};
+use crate::broker::Broker;
 use crate::error::ServiceError;
+use crate::history::{Consumer, Transport};
 use crate::limits;
 use crate::proto::publisher_server::Publisher;
 use crate::proto::subscriber_server::Subscriber;
 use crate::proto::{self, streaming_pull_response};
-use crate::server::Shared;
+use crate::service::{self, Shared};
+use crate::subscription::ConsumerId;
 
 type GrpcResult<T> = Result<Response<T>, Status>;
 
-/// Longest a unary Pull without `return_immediately` waits for a message.
-const PULL_WAIT: Duration = Duration::from_secs(10);
 /// Most messages in one StreamingPullResponse.
 const STREAM_BATCH: usize = 1000;
+const UNARY: Transport = Transport::GrpcUnary;
 
 #[derive(Clone)]
 pub struct Service {
     pub shared: Arc<Shared>,
-}
-
-fn page<T: Clone>(items: Vec<T>, page_size: i32, token: &str) -> Result<(Vec<T>, String), Status> {
-    let start: usize = if token.is_empty() {
-        0
-    } else {
-        token
-            .parse()
-            .map_err(|_| Status::invalid_argument(format!("Invalid page_token {token:?}.")))?
-    };
-    let size = if page_size <= 0 {
-        items.len().max(1)
-    } else {
-        page_size as usize
-    };
-    let end = (start + size).min(items.len());
-    let next = if end < items.len() {
-        end.to_string()
-    } else {
-        String::new()
-    };
-    Ok((
-        items.get(start..end).map(<[T]>::to_vec).unwrap_or_default(),
-        next,
-    ))
 }
 
 fn project_of(path: &str) -> Result<&str, Status> {
@@ -71,71 +47,20 @@ fn mask(m: Option<prost_types::FieldMask>) -> Vec<String> {
     m.map(|m| m.paths).unwrap_or_default()
 }
 
-/// The status exactly-once delivery gives when some ack ids are no longer valid: one
-/// `ErrorInfo` whose metadata maps each such id to `PERMANENT_FAILURE_INVALID_ACK_ID`
-/// (<https://cloud.google.com/pubsub/docs/exactly-once-delivery>; the official clients read
-/// it this way).
-pub fn exactly_once_failure(invalid: &[String]) -> Status {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct ErrorInfo {
-        #[prost(string, tag = "1")]
-        reason: String,
-        #[prost(string, tag = "2")]
-        domain: String,
-        #[prost(map = "string, string", tag = "3")]
-        metadata: std::collections::HashMap<String, String>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RpcStatus {
-        #[prost(int32, tag = "1")]
-        code: i32,
-        #[prost(string, tag = "2")]
-        message: String,
-        #[prost(message, repeated, tag = "3")]
-        details: Vec<prost_types::Any>,
-    }
-    let message = format!("{} ack id(s) are invalid or expired", invalid.len());
-    let info = ErrorInfo {
-        reason: "EXACTLY_ONCE_ACKID_FAILURE".into(),
-        domain: "pubsub.googleapis.com".into(),
-        metadata: invalid
-            .iter()
-            .map(|id| (id.clone(), "PERMANENT_FAILURE_INVALID_ACK_ID".to_string()))
-            .collect(),
-    };
-    let status = RpcStatus {
-        code: tonic::Code::InvalidArgument as i32,
-        message: message.clone(),
-        details: vec![prost_types::Any {
-            type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
-            value: info.encode_to_vec(),
-        }],
-    };
-    Status::with_details(
-        tonic::Code::InvalidArgument,
-        message,
-        status.encode_to_vec().into(),
-    )
+fn page<T>(items: Vec<T>, size: i32, token: &str) -> Result<(Vec<T>, String), Status> {
+    Ok(service::page(items, size, token)?)
 }
 
 impl Service {
-    fn ack_result(&self, subscription: &str, outcome: AckOutcome) -> GrpcResult<()> {
-        let exactly_once = self
-            .shared
-            .lock()
-            .subscription(subscription)
-            .is_ok_and(|s| s.exactly_once());
-        if exactly_once && !outcome.invalid.is_empty() {
-            return Err(exactly_once_failure(&outcome.invalid));
-        }
-        Ok(Response::new(()))
+    fn broker(&self) -> std::sync::MutexGuard<'_, Broker> {
+        self.shared.lock()
     }
 }
 
 #[tonic::async_trait]
 impl Publisher for Service {
     async fn create_topic(&self, request: Request<proto::Topic>) -> GrpcResult<proto::Topic> {
-        let topic = self.shared.lock().create_topic(request.into_inner())?;
+        let topic = self.broker().create_topic(request.into_inner())?;
         Ok(Response::new(topic))
     }
 
@@ -148,9 +73,8 @@ impl Publisher for Service {
             .topic
             .ok_or_else(|| Status::invalid_argument("The topic is required."))?;
         let topic = self
-            .shared
-            .lock()
-            .update_topic(topic, &mask(r.update_mask))?;
+            .broker()
+            .update_topic(topic, &mask(r.update_mask), Instant::now())?;
         Ok(Response::new(topic))
     }
 
@@ -160,9 +84,8 @@ impl Publisher for Service {
     ) -> GrpcResult<proto::PublishResponse> {
         let r = request.into_inner();
         let message_ids = self
-            .shared
-            .lock()
-            .publish(&r.topic, r.messages, Instant::now())?;
+            .broker()
+            .publish(&r.topic, r.messages, UNARY, Instant::now())?;
         Ok(Response::new(proto::PublishResponse { message_ids }))
     }
 
@@ -170,7 +93,7 @@ impl Publisher for Service {
         &self,
         request: Request<proto::GetTopicRequest>,
     ) -> GrpcResult<proto::Topic> {
-        let topic = self.shared.lock().get_topic(&request.into_inner().topic)?;
+        let topic = self.broker().get_topic(&request.into_inner().topic)?;
         Ok(Response::new(topic))
     }
 
@@ -180,7 +103,7 @@ impl Publisher for Service {
     ) -> GrpcResult<proto::ListTopicsResponse> {
         let r = request.into_inner();
         let project = project_of(&r.project)?;
-        let all = self.shared.lock().list_topics(project);
+        let all = self.broker().list_topics(project);
         let (topics, next_page_token) = page(all, r.page_size, &r.page_token)?;
         Ok(Response::new(proto::ListTopicsResponse {
             topics,
@@ -193,7 +116,7 @@ impl Publisher for Service {
         request: Request<proto::ListTopicSubscriptionsRequest>,
     ) -> GrpcResult<proto::ListTopicSubscriptionsResponse> {
         let r = request.into_inner();
-        let all = self.shared.lock().topic_subscriptions(&r.topic)?;
+        let all = self.broker().topic_subscriptions(&r.topic)?;
         let (subscriptions, next_page_token) = page(all, r.page_size, &r.page_token)?;
         Ok(Response::new(proto::ListTopicSubscriptionsResponse {
             subscriptions,
@@ -203,15 +126,19 @@ impl Publisher for Service {
 
     async fn list_topic_snapshots(
         &self,
-        _request: Request<proto::ListTopicSnapshotsRequest>,
+        request: Request<proto::ListTopicSnapshotsRequest>,
     ) -> GrpcResult<proto::ListTopicSnapshotsResponse> {
-        Err(ServiceError::unsupported("Snapshots").into())
+        let r = request.into_inner();
+        let all = self.broker().topic_snapshots(&r.topic)?;
+        let (snapshots, next_page_token) = page(all, r.page_size, &r.page_token)?;
+        Ok(Response::new(proto::ListTopicSnapshotsResponse {
+            snapshots,
+            next_page_token,
+        }))
     }
 
     async fn delete_topic(&self, request: Request<proto::DeleteTopicRequest>) -> GrpcResult<()> {
-        self.shared
-            .lock()
-            .delete_topic(&request.into_inner().topic)?;
+        self.broker().delete_topic(&request.into_inner().topic)?;
         Ok(Response::new(()))
     }
 
@@ -219,8 +146,7 @@ impl Publisher for Service {
         &self,
         request: Request<proto::DetachSubscriptionRequest>,
     ) -> GrpcResult<proto::DetachSubscriptionResponse> {
-        self.shared
-            .lock()
+        self.broker()
             .detach_subscription(&request.into_inner().subscription)?;
         Ok(Response::new(proto::DetachSubscriptionResponse {}))
     }
@@ -234,10 +160,7 @@ impl Subscriber for Service {
         &self,
         request: Request<proto::Subscription>,
     ) -> GrpcResult<proto::Subscription> {
-        let s = self
-            .shared
-            .lock()
-            .create_subscription(request.into_inner())?;
+        let s = self.broker().create_subscription(request.into_inner())?;
         Ok(Response::new(s))
     }
 
@@ -246,8 +169,7 @@ impl Subscriber for Service {
         request: Request<proto::GetSubscriptionRequest>,
     ) -> GrpcResult<proto::Subscription> {
         let s = self
-            .shared
-            .lock()
+            .broker()
             .get_subscription(&request.into_inner().subscription)?;
         Ok(Response::new(s))
     }
@@ -260,10 +182,7 @@ impl Subscriber for Service {
         let s = r
             .subscription
             .ok_or_else(|| Status::invalid_argument("The subscription is required."))?;
-        let s = self
-            .shared
-            .lock()
-            .update_subscription(s, &mask(r.update_mask))?;
+        let s = self.broker().update_subscription(s, &mask(r.update_mask))?;
         Ok(Response::new(s))
     }
 
@@ -273,7 +192,7 @@ impl Subscriber for Service {
     ) -> GrpcResult<proto::ListSubscriptionsResponse> {
         let r = request.into_inner();
         let project = project_of(&r.project)?;
-        let all = self.shared.lock().list_subscriptions(project);
+        let all = self.broker().list_subscriptions(project);
         let (subscriptions, next_page_token) = page(all, r.page_size, &r.page_token)?;
         Ok(Response::new(proto::ListSubscriptionsResponse {
             subscriptions,
@@ -285,8 +204,7 @@ impl Subscriber for Service {
         &self,
         request: Request<proto::DeleteSubscriptionRequest>,
     ) -> GrpcResult<()> {
-        self.shared
-            .lock()
+        self.broker()
             .delete_subscription(&request.into_inner().subscription)?;
         Ok(Response::new(()))
     }
@@ -296,36 +214,32 @@ impl Subscriber for Service {
         request: Request<proto::ModifyAckDeadlineRequest>,
     ) -> GrpcResult<()> {
         let r = request.into_inner();
-        let outcome = self.shared.lock().modify_ack_deadline(
+        service::modify_ack_deadline(
+            &self.shared,
             &r.subscription,
             &r.ack_ids,
             r.ack_deadline_seconds,
-            Instant::now(),
+            UNARY,
         )?;
-        self.ack_result(&r.subscription, outcome)
+        Ok(Response::new(()))
     }
 
     async fn acknowledge(&self, request: Request<proto::AcknowledgeRequest>) -> GrpcResult<()> {
         let r = request.into_inner();
-        if r.ack_ids.is_empty() {
-            return Err(Status::invalid_argument("No ack ids in the request."));
-        }
-        let outcome =
-            self.shared
-                .lock()
-                .acknowledge(&r.subscription, &r.ack_ids, Instant::now())?;
-        self.ack_result(&r.subscription, outcome)
+        service::acknowledge(&self.shared, &r.subscription, &r.ack_ids, UNARY)?;
+        Ok(Response::new(()))
     }
 
     // `return_immediately` is deprecated but still honoured by the real service.
     #[allow(deprecated)]
     async fn pull(&self, request: Request<proto::PullRequest>) -> GrpcResult<proto::PullResponse> {
         let r = request.into_inner();
-        let received_messages = unary_pull(
+        let received_messages = service::pull(
             &self.shared,
             &r.subscription,
             r.max_messages,
             r.return_immediately,
+            UNARY,
         )
         .await?;
         Ok(Response::new(proto::PullResponse { received_messages }))
@@ -356,12 +270,18 @@ impl Subscriber for Service {
                 limits::MAX_ACK_DEADLINE_SECONDS
             )));
         }
-        let consumer = {
-            let mut broker = self.shared.lock();
-            broker.subscription(&first.subscription)?;
-            broker.new_consumer()
-        };
-        handle_stream_request(&self.shared, &first.subscription, &first)?;
+        let consumer = self
+            .broker()
+            .open_stream(&first.subscription, Instant::now())?;
+        if let Err(e) = service::stream_request(&self.shared, &first.subscription, &first) {
+            self.broker().close_stream(
+                &first.subscription,
+                consumer,
+                &e.to_string(),
+                Instant::now(),
+            );
+            return Err(e.into());
+        }
         let (tx, rx) = mpsc::channel(4);
         let stream = PullLoop {
             shared: self.shared.clone(),
@@ -379,7 +299,7 @@ impl Subscriber for Service {
             tokio::spawn(async move {
                 // Acks and deadline changes sent on the stream, until the client closes it.
                 while let Ok(Some(req)) = inbound.message().await {
-                    if handle_stream_request(&shared, &subscription, &req).is_err() {
+                    if service::stream_request(&shared, &subscription, &req).is_err() {
                         break;
                     }
                 }
@@ -394,116 +314,85 @@ impl Subscriber for Service {
 
     async fn modify_push_config(
         &self,
-        _request: Request<proto::ModifyPushConfigRequest>,
+        request: Request<proto::ModifyPushConfigRequest>,
     ) -> GrpcResult<()> {
-        Err(ServiceError::unsupported("Push delivery").into())
+        let r = request.into_inner();
+        // An empty push config makes a subscription pull, which every subscription here is.
+        let pull = r.push_config.as_ref().is_none_or(|p| {
+            p.push_endpoint.is_empty() && p.authentication_method.is_none() && p.wrapper.is_none()
+        });
+        self.broker().subscription(&r.subscription)?;
+        if pull {
+            Ok(Response::new(()))
+        } else {
+            Err(ServiceError::unsupported("Push delivery").into())
+        }
     }
 
     async fn get_snapshot(
         &self,
-        _request: Request<proto::GetSnapshotRequest>,
+        request: Request<proto::GetSnapshotRequest>,
     ) -> GrpcResult<proto::Snapshot> {
-        Err(ServiceError::unsupported("Snapshots").into())
+        let s = self.broker().get_snapshot(&request.into_inner().snapshot)?;
+        Ok(Response::new(s))
     }
 
     async fn list_snapshots(
         &self,
-        _request: Request<proto::ListSnapshotsRequest>,
+        request: Request<proto::ListSnapshotsRequest>,
     ) -> GrpcResult<proto::ListSnapshotsResponse> {
-        Err(ServiceError::unsupported("Snapshots").into())
+        let r = request.into_inner();
+        let project = project_of(&r.project)?;
+        let all = self.broker().list_snapshots(project);
+        let (snapshots, next_page_token) = page(all, r.page_size, &r.page_token)?;
+        Ok(Response::new(proto::ListSnapshotsResponse {
+            snapshots,
+            next_page_token,
+        }))
     }
 
     async fn create_snapshot(
         &self,
-        _request: Request<proto::CreateSnapshotRequest>,
+        request: Request<proto::CreateSnapshotRequest>,
     ) -> GrpcResult<proto::Snapshot> {
-        Err(ServiceError::unsupported("Snapshots").into())
+        let r = request.into_inner();
+        let s = self
+            .broker()
+            .create_snapshot(r.name, &r.subscription, r.labels, Instant::now())?;
+        Ok(Response::new(s))
     }
 
     async fn update_snapshot(
         &self,
-        _request: Request<proto::UpdateSnapshotRequest>,
+        request: Request<proto::UpdateSnapshotRequest>,
     ) -> GrpcResult<proto::Snapshot> {
-        Err(ServiceError::unsupported("Snapshots").into())
+        let r = request.into_inner();
+        let s = r
+            .snapshot
+            .ok_or_else(|| Status::invalid_argument("The snapshot is required."))?;
+        let s = self.broker().update_snapshot(s, &mask(r.update_mask))?;
+        Ok(Response::new(s))
     }
 
     async fn delete_snapshot(
         &self,
-        _request: Request<proto::DeleteSnapshotRequest>,
+        request: Request<proto::DeleteSnapshotRequest>,
     ) -> GrpcResult<()> {
-        Err(ServiceError::unsupported("Snapshots").into())
+        self.broker()
+            .delete_snapshot(&request.into_inner().snapshot)?;
+        Ok(Response::new(()))
     }
 
-    async fn seek(&self, _request: Request<proto::SeekRequest>) -> GrpcResult<proto::SeekResponse> {
-        Err(ServiceError::unsupported("Seek").into())
+    async fn seek(&self, request: Request<proto::SeekRequest>) -> GrpcResult<proto::SeekResponse> {
+        let r = request.into_inner();
+        self.broker()
+            .seek(&r.subscription, r.target, UNARY, Instant::now())?;
+        Ok(Response::new(proto::SeekResponse {}))
     }
 }
 
 fn positive(n: i64) -> u64 {
     if n > 0 { n as u64 } else { u64::MAX }
-}
-
-/// Unary Pull (also REST `:pull`): leases for the subscription's ack deadline.
-pub async fn unary_pull(
-    shared: &Shared,
-    subscription: &str,
-    max_messages: i32,
-    return_immediately: bool,
-) -> Result<Vec<proto::ReceivedMessage>, Status> {
-    if max_messages <= 0 {
-        return Err(Status::invalid_argument("max_messages must be positive."));
-    }
-    let max = (max_messages as usize).min(limits::MAX_PULL_MESSAGES);
-    let give_up = Instant::now() + PULL_WAIT;
-    loop {
-        let (notify, wake) = {
-            let mut broker = shared.lock();
-            let lease = Duration::from_secs(
-                broker
-                    .subscription(subscription)?
-                    .config
-                    .ack_deadline_seconds as u64,
-            );
-            let now = Instant::now();
-            let got = broker.pull(subscription, UNARY, max, u64::MAX, lease, now)?;
-            if !got.is_empty() || return_immediately || now >= give_up {
-                return Ok(got);
-            }
-            let sub = broker.subscription(subscription)?;
-            (sub.notify.clone(), sub.next_event())
-        };
-        let wake = wake.unwrap_or(give_up).min(give_up);
-        tokio::select! {
-            _ = notify.notified() => {}
-            _ = tokio::time::sleep_until(wake) => {}
-            _ = shared.stopping.cancelled() => return Err(Status::unavailable("The service is stopping.")),
-        }
-    }
-}
-
-fn handle_stream_request(
-    shared: &Shared,
-    subscription: &str,
-    req: &proto::StreamingPullRequest,
-) -> Result<(), Status> {
-    if req.modify_deadline_ack_ids.len() != req.modify_deadline_seconds.len() {
-        return Err(Status::invalid_argument(
-            "modify_deadline_seconds and modify_deadline_ack_ids must have the same length.",
-        ));
-    }
-    let now = Instant::now();
-    let mut broker = shared.lock();
-    if !req.ack_ids.is_empty() {
-        broker.acknowledge(subscription, &req.ack_ids, now)?;
-    }
-    for (id, seconds) in req
-        .modify_deadline_ack_ids
-        .iter()
-        .zip(&req.modify_deadline_seconds)
-    {
-        broker.modify_ack_deadline(subscription, std::slice::from_ref(id), *seconds, now)?;
-    }
-    Ok(())
 }
 
 /// One StreamingPull: sends batches as messages become deliverable, within the client's flow
@@ -529,17 +418,17 @@ impl PullLoop {
         tx: mpsc::Sender<Result<proto::StreamingPullResponse, Status>>,
         client_gone: tokio_util::sync::CancellationToken,
     ) {
-        loop {
+        let reason = loop {
             if self.shared.stopping.is_cancelled() {
                 let _ = tx
                     .send(Err(Status::unavailable(
                         "The service is stopping; reconnect to continue.",
                     )))
                     .await;
-                break;
+                break "the service stopped".to_string();
             }
             if client_gone.is_cancelled() {
-                break;
+                break "the client closed the stream".to_string();
             }
             let closing = self.shared.closing();
             let closed = closing.notified();
@@ -548,39 +437,48 @@ impl PullLoop {
             match self.step() {
                 Step::Send(response) => {
                     if tx.send(Ok(response)).await.is_err() {
-                        break;
+                        break "the client went away".to_string();
                     }
                 }
                 Step::End(status) => {
+                    let reason = format!("{:?}: {}", status.code(), status.message());
                     let _ = tx.send(Err(status)).await;
-                    break;
+                    break reason;
                 }
                 Step::Wait(notify, wake) => {
                     let notified = notify.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
                     // Re-check after arming, so a publish between step() and here is not missed.
-                    if let Step::Send(response) = self.step() {
-                        if tx.send(Ok(response)).await.is_err() {
-                            break;
+                    match self.step() {
+                        Step::Send(response) => {
+                            if tx.send(Ok(response)).await.is_err() {
+                                break "the client went away".to_string();
+                            }
+                            continue;
                         }
-                        continue;
+                        Step::End(status) => {
+                            let reason = format!("{:?}: {}", status.code(), status.message());
+                            let _ = tx.send(Err(status)).await;
+                            break reason;
+                        }
+                        Step::Wait(..) => {}
                     }
                     let wake = wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
                     tokio::select! {
                         _ = notified => {}
                         _ = closed => {}
                         _ = tokio::time::sleep_until(wake) => {}
-                        _ = client_gone.cancelled() => break,
+                        _ = client_gone.cancelled() => break "the client closed the stream".to_string(),
                         _ = self.shared.stopping.cancelled() => {}
-                        _ = tx.closed() => break,
+                        _ = tx.closed() => break "the client went away".to_string(),
                     }
                 }
             }
-        }
-        if let Ok(sub) = self.shared.lock().subscription_mut(&self.subscription) {
-            sub.end_consumer(self.consumer);
-        }
+        };
+        self.shared
+            .lock()
+            .close_stream(&self.subscription, self.consumer, &reason, Instant::now());
     }
 
     fn step(&self) -> Step {
@@ -589,6 +487,9 @@ impl PullLoop {
         let (room, bytes_room, properties, reset) =
             match broker.subscription_mut(&self.subscription) {
                 Err(e) => return Step::End(e.into()),
+                Ok(sub) if sub.config.detached => {
+                    return Step::End(Status::failed_precondition("Subscription is detached."));
+                }
                 Ok(sub) => {
                     let o = sub.outstanding(self.consumer);
                     let properties = streaming_pull_response::SubscriptionProperties {
@@ -599,11 +500,12 @@ impl PullLoop {
                         self.max_messages.saturating_sub(o.messages),
                         self.max_bytes.saturating_sub(o.bytes),
                         properties,
-                        sub.has_deliverable(now) && sub.roll_stream_reset(),
+                        sub.has_deliverable(now) && sub.roll_stream_reset(self.consumer),
                     )
                 }
             };
         if reset {
+            broker.flush(&self.subscription, now);
             return Step::End(Status::unavailable(
                 "The stream was reset (rig-fault-stream-reset-permille); reconnect to continue.",
             ));
@@ -612,7 +514,8 @@ impl PullLoop {
         if room > 0 && bytes_room > 0 {
             match broker.pull(
                 &self.subscription,
-                self.consumer,
+                Consumer::Stream(self.consumer),
+                Transport::GrpcStream,
                 (room.min(STREAM_BATCH as u64)) as usize,
                 bytes_room,
                 self.lease,

@@ -15,20 +15,25 @@
 //! ```
 
 mod broker;
-mod convert;
 pub mod error;
 pub mod faults;
 pub mod filter;
 mod grpc;
+pub mod history;
+mod json;
 pub mod limits;
+mod observe;
 pub mod proto;
 mod rest;
 mod server;
+mod service;
+mod snapshot;
+mod subscription;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use broker::backoff;
+pub use subscription::backoff;
 
 /// Starts services.
 pub struct PubsubService;
@@ -39,7 +44,7 @@ impl PubsubService {
     pub async fn start(addr: SocketAddr) -> std::io::Result<RunningService> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let shared = Arc::new(server::Shared::new());
+        let shared = Arc::new(service::Shared::new());
         tokio::spawn(server::serve(listener, shared.clone()));
         Ok(RunningService { local_addr, shared })
     }
@@ -48,7 +53,7 @@ impl PubsubService {
 /// A running service; dropping it stops it (streams end with UNAVAILABLE, the port closes).
 pub struct RunningService {
     local_addr: SocketAddr,
-    shared: Arc<server::Shared>,
+    shared: Arc<service::Shared>,
 }
 
 impl RunningService {
@@ -67,6 +72,29 @@ impl RunningService {
     }
 
     pub fn stop(self) {}
+
+    /// Starts recording `project`'s history (what the service does with its topics and
+    /// subscriptions); returns the last sequence number recorded so far, to read `after`.
+    /// The same as `POST /_rig/v1/projects/{project}/history:start`.
+    pub fn history_start(&self, project: &str) -> u64 {
+        self.shared.lock().history_start(project)
+    }
+
+    /// Stops recording `project`; its records stay readable.
+    pub fn history_stop(&self, project: &str) {
+        self.shared.lock().history_stop(project)
+    }
+
+    /// Forgets `project`'s records and stops recording it.
+    pub fn history_clear(&self, project: &str) {
+        self.shared.lock().history_clear(project)
+    }
+
+    /// Up to `limit` (at most `history::MAX_PAGE`) of `project`'s records after sequence
+    /// number `after`, oldest first; `next` of the page is the cursor to read on.
+    pub fn history(&self, project: &str, after: u64, limit: usize) -> history::Page {
+        self.shared.lock().history_page(project, after, limit)
+    }
 }
 
 impl Drop for RunningService {

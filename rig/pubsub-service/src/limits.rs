@@ -2,6 +2,8 @@
 //! <https://cloud.google.com/pubsub/quotas#resource_limits> and
 //! <https://cloud.google.com/pubsub/docs/pubsub-basics#resource_names>.
 
+use std::time::Duration;
+
 use crate::error::{Result, ServiceError};
 use crate::proto::PubsubMessage;
 
@@ -29,6 +31,13 @@ pub const MAX_DELIVERY_ATTEMPTS: i32 = 100;
 pub const DEFAULT_DELIVERY_ATTEMPTS: i32 = 5;
 /// Pull: at most 1000 messages per response.
 pub const MAX_PULL_MESSAGES: usize = 1000;
+/// Message retention on topics and subscriptions: "Cannot be more than 31 days or less than 10
+/// minutes"; subscriptions default to 7 days (`message_retention_duration` of `Topic` and
+/// `Subscription`, <https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.topics>,
+/// <https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions>).
+pub const MIN_RETENTION: Duration = Duration::from_secs(10 * 60);
+pub const MAX_RETENTION: Duration = Duration::from_secs(31 * 24 * 3600);
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The size Pub/Sub counts for a message: data, attribute keys and values, ordering key.
 pub fn message_bytes(m: &PubsubMessage) -> usize {
@@ -115,10 +124,11 @@ pub fn check_publish(messages: &[PubsubMessage]) -> Result<()> {
 /// Splits `projects/{project}/{collection}/{id}` and checks the id's rules: 3–255
 /// characters, starts with a letter, letters, digits and `-_.~+%`, not starting with `goog`.
 pub fn resource_id<'a>(name: &'a str, collection: &str) -> Result<(&'a str, &'a str)> {
-    let what = if collection == "topics" {
-        "topic"
-    } else {
-        "subscription"
+    let what = match collection {
+        "topics" => "topic",
+        "subscriptions" => "subscription",
+        "snapshots" => "snapshot",
+        other => other,
     };
     let bad = || {
         ServiceError::invalid(format!(
@@ -169,5 +179,61 @@ pub fn check_modify_deadline(seconds: i32) -> Result<()> {
         Err(ServiceError::invalid(format!(
             "Invalid ack deadline {seconds}: it must be between 0 and {MAX_ACK_DEADLINE_SECONDS} seconds."
         )))
+    }
+}
+
+/// Checks a topic's or subscription's `message_retention_duration` against 10 minutes..31 days.
+pub fn check_retention(what: &str, d: Option<&prost_types::Duration>) -> Result<()> {
+    let Some(d) = d else {
+        return Ok(());
+    };
+    let ok = d.seconds >= 0
+        && d.nanos >= 0
+        && (MIN_RETENTION..=MAX_RETENTION)
+            .contains(&Duration::new(d.seconds as u64, d.nanos as u32));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(format!(
+            "Invalid {what} message_retention_duration {d}: it must be between 600s (10 minutes) and 2678400s (31 days)."
+        )))
+    }
+}
+
+/// Checks the ack ids of a unary Acknowledge or ModifyAckDeadline: the list must not be empty
+/// (`AcknowledgeRequest.ack_ids`, "Must not be empty";
+/// <https://cloud.google.com/pubsub/docs/reference/rpc/google.pubsub.v1#acknowledgerequest>).
+pub fn check_ack_ids(ack_ids: &[String]) -> Result<()> {
+    if ack_ids.is_empty() {
+        return Err(ServiceError::invalid("No ack ids specified."));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(seconds: i64) -> prost_types::Duration {
+        prost_types::Duration { seconds, nanos: 0 }
+    }
+
+    #[test]
+    fn retention_is_ten_minutes_to_thirty_one_days() {
+        assert!(check_retention("topic", None).is_ok());
+        for ok in [600, 3600, 604_800, 2_678_400] {
+            assert!(check_retention("topic", Some(&d(ok))).is_ok(), "{ok}");
+        }
+        for bad in [0, 599, 2_678_401, -1] {
+            let e = check_retention("topic", Some(&d(bad))).expect_err("out of bounds");
+            assert_eq!(e.code, tonic::Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn snapshot_names_follow_the_resource_rules() {
+        assert!(resource_id("projects/p/snapshots/snap", "snapshots").is_ok());
+        assert!(resource_id("projects/p/snapshots/ab", "snapshots").is_err());
+        assert!(resource_id("snap", "snapshots").is_err());
     }
 }

@@ -1,44 +1,36 @@
 //! The REST/JSON surface (HTTP/1.1, <https://cloud.google.com/pubsub/docs/reference/rest>):
-//! what the official Rust client's `TopicAdmin` and `SubscriptionAdmin` speak, plus publish,
-//! pull, acknowledge and modifyAckDeadline for tools and scripts.
+//! what the official Rust client's `TopicAdmin` and `SubscriptionAdmin` and gcloud speak, plus
+//! publish, pull, acknowledge, modifyAckDeadline, snapshots and seek for tools and scripts.
+//! Bodies are the proto3 JSON mapping (`json.rs`); the operations are `service.rs`'s, shared
+//! with gRPC.
 
 use bytes::Bytes;
-use google_cloud_pubsub::model;
 use http::{Method, StatusCode};
-use serde::Deserialize;
+use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::convert;
 use crate::error::{Result, ServiceError};
-use crate::grpc;
-use crate::server::Shared;
+use crate::history::Transport;
+use crate::json::{self, Reader, Writer};
+use crate::proto;
+use crate::service::{self, Shared};
+
+const REST: Transport = Transport::Rest;
 
 pub struct RestResponse {
     pub status: StatusCode,
     pub body: Bytes,
 }
 
-fn ok(value: serde_json::Value) -> RestResponse {
+fn ok(value: Value) -> RestResponse {
     RestResponse {
         status: StatusCode::OK,
         body: Bytes::from(value.to_string()),
     }
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<RestResponse> {
-    let v = serde_json::to_value(value)
-        .map_err(|e| ServiceError::new(tonic::Code::Internal, e.to_string()))?;
-    Ok(ok(v))
-}
-
-fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
-    let bytes = if bytes.is_empty() {
-        b"{}".as_slice()
-    } else {
-        bytes
-    };
-    serde_json::from_slice(bytes)
-        .map_err(|e| ServiceError::invalid(format!("Invalid JSON payload received. {e}")))
+fn empty() -> RestResponse {
+    ok(Value::Object(serde_json::Map::new()))
 }
 
 pub fn error(e: &ServiceError) -> RestResponse {
@@ -48,7 +40,7 @@ pub fn error(e: &ServiceError) -> RestResponse {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }
@@ -72,89 +64,33 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| percent_decode(v))
+        .map(|(_, v)| percent_decode(&v.replace('+', " ")))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct UpdateRequest<T> {
-    topic: Option<T>,
-    subscription: Option<T>,
-    update_mask: Option<serde_json::Value>,
-}
-
-/// `updateMask` in JSON is one comma-separated string of camelCase paths.
-fn mask_paths(v: Option<serde_json::Value>) -> Vec<String> {
-    match v {
-        Some(serde_json::Value::String(s)) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect(),
-        Some(serde_json::Value::Object(o)) => o
-            .get("paths")
-            .and_then(|p| p.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| p.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct PublishBody {
-    messages: Vec<model::Message>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct PullBody {
-    max_messages: i32,
-    return_immediately: bool,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct AckBody {
-    ack_ids: Vec<String>,
-    ack_deadline_seconds: i32,
-}
-
-fn page<T>(items: Vec<T>, query: Option<&str>) -> Result<(Vec<T>, String)> {
-    let size: usize = query_param(query, "pageSize")
-        .and_then(|s| s.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(usize::MAX);
-    let start: usize = match query_param(query, "pageToken").filter(|t| !t.is_empty()) {
+/// `pageSize` and `pageToken` from the query string.
+fn paging(query: Option<&str>) -> Result<(i32, String)> {
+    let size = match query_param(query, "pageSize") {
         None => 0,
-        Some(t) => t
-            .parse()
-            .map_err(|_| ServiceError::invalid(format!("Invalid page_token {t:?}.")))?,
+        Some(s) => s.trim().parse::<i32>().map_err(|e| {
+            ServiceError::invalid(format!("Invalid value for pageSize: {s:?}.")).with_source(e)
+        })?,
     };
-    let end = start.saturating_add(size).min(items.len());
-    let next = if end < items.len() {
-        end.to_string()
-    } else {
-        String::new()
-    };
-    Ok((
-        items
-            .into_iter()
-            .skip(start)
-            .take(end.saturating_sub(start))
-            .collect(),
-        next,
-    ))
+    Ok((size, query_param(query, "pageToken").unwrap_or_default()))
+}
+
+/// The update mask: the body's `updateMask` wins over the query parameter.
+fn update_mask(body: Option<&Value>, query: Option<&str>) -> Result<Vec<String>> {
+    let from_body = json::field_mask(body)?;
+    if !from_body.is_empty() {
+        return Ok(from_body);
+    }
+    let from_query = query_param(query, "updateMask").map(Value::String);
+    json::field_mask(from_query.as_ref())
 }
 
 pub async fn handle(
@@ -190,174 +126,289 @@ async fn route(
         _ => (rest, None),
     };
     let parts: Vec<&str> = resource.split('/').collect();
+    if matches!(
+        verb,
+        Some("getIamPolicy" | "setIamPolicy" | "testIamPermissions")
+    ) {
+        return Err(ServiceError::unsupported("IAM policy methods"));
+    }
+    if let ["projects", _, "schemas", ..] = parts.as_slice() {
+        return Err(ServiceError::unsupported("Schemas"));
+    }
+    let body = json::parse(payload)?;
     let now = Instant::now();
     match (parts.as_slice(), verb, method) {
         (["projects", p, "topics"], None, &Method::GET) => {
-            let all: Vec<model::Topic> = shared
-                .lock()
-                .list_topics(p)
-                .into_iter()
-                .map(convert::topic_out)
-                .collect();
-            let (topics, next) = page(all, query)?;
-            json(
-                &model::ListTopicsResponse::new()
-                    .set_topics(topics)
-                    .set_next_page_token(next),
-            )
+            let (size, token) = paging(query)?;
+            let all = shared.lock().list_topics(p);
+            let (topics, next) = service::page(all, size, &token)?;
+            Ok(ok(Writer::new()
+                .messages("topics", topics.iter().map(json::topic_out).collect())
+                .string("nextPageToken", &next)
+                .done()))
         }
         (["projects", p, "subscriptions"], None, &Method::GET) => {
-            let all: Vec<model::Subscription> = shared
-                .lock()
-                .list_subscriptions(p)
-                .into_iter()
-                .map(convert::subscription_out)
-                .collect();
-            let (subscriptions, next) = page(all, query)?;
-            json(
-                &model::ListSubscriptionsResponse::new()
-                    .set_subscriptions(subscriptions)
-                    .set_next_page_token(next),
-            )
+            let (size, token) = paging(query)?;
+            let all = shared.lock().list_subscriptions(p);
+            let (subs, next) = service::page(all, size, &token)?;
+            Ok(ok(Writer::new()
+                .messages(
+                    "subscriptions",
+                    subs.iter().map(json::subscription_out).collect(),
+                )
+                .string("nextPageToken", &next)
+                .done()))
         }
-        (["projects", _, "topics", _, "subscriptions"], None, &Method::GET) => {
-            let topic = resource.trim_end_matches("/subscriptions");
-            let all = shared.lock().topic_subscriptions(topic)?;
-            let (subscriptions, next) = page(all, query)?;
-            json(
-                &model::ListTopicSubscriptionsResponse::new()
-                    .set_subscriptions(subscriptions)
-                    .set_next_page_token(next),
-            )
+        (["projects", p, "snapshots"], None, &Method::GET) => {
+            let (size, token) = paging(query)?;
+            let all = shared.lock().list_snapshots(p);
+            let (snaps, next) = service::page(all, size, &token)?;
+            Ok(ok(Writer::new()
+                .messages("snapshots", snaps.iter().map(json::snapshot_out).collect())
+                .string("nextPageToken", &next)
+                .done()))
         }
-        (["projects", _, "topics", _], None, m) => {
-            let name = resource;
-            match *m {
-                Method::PUT => {
-                    let mut t = convert::topic_in(body::<model::Topic>(payload)?)?;
-                    t.name = name.to_string();
-                    json(&convert::topic_out(shared.lock().create_topic(t)?))
-                }
-                Method::GET => json(&convert::topic_out(shared.lock().get_topic(name)?)),
-                Method::DELETE => {
-                    shared.lock().delete_topic(name)?;
-                    Ok(ok(serde_json::json!({})))
-                }
-                Method::PATCH => {
-                    let r: UpdateRequest<model::Topic> = body(payload)?;
-                    let mut t = convert::topic_in(
-                        r.topic
-                            .ok_or_else(|| ServiceError::invalid("The topic is required."))?,
-                    )?;
-                    t.name = name.to_string();
-                    let paths = mask_paths(r.update_mask);
-                    json(&convert::topic_out(shared.lock().update_topic(t, &paths)?))
-                }
-                _ => Err(not_found()),
-            }
+        (
+            [
+                "projects",
+                _,
+                "topics",
+                _,
+                collection @ ("subscriptions" | "snapshots"),
+            ],
+            None,
+            &Method::GET,
+        ) => {
+            let topic = resource
+                .strip_suffix(&format!("/{collection}"))
+                .unwrap_or(resource);
+            let (size, token) = paging(query)?;
+            let all = if *collection == "subscriptions" {
+                shared.lock().topic_subscriptions(topic)?
+            } else {
+                shared.lock().topic_snapshots(topic)?
+            };
+            let (names, next) = service::page(all, size, &token)?;
+            Ok(ok(Writer::new()
+                .strings(collection, &names)
+                .string("nextPageToken", &next)
+                .done()))
         }
+        (["projects", _, "topics", _], None, m) => topic(shared, m, resource, &body, query, now),
         (["projects", _, "topics", _], Some("publish"), &Method::POST) => {
-            let r: PublishBody = body(payload)?;
-            let messages = r.messages.into_iter().map(convert::message_in).collect();
-            let ids = shared.lock().publish(resource, messages, now)?;
-            Ok(ok(serde_json::json!({ "messageIds": ids })))
+            let mut r = Reader::new(&body, "")?;
+            r.string("topic", "topic")?;
+            let messages = r.messages("messages", "messages", json::message_in)?;
+            r.finish()?;
+            let ids = shared.lock().publish(resource, messages, REST, now)?;
+            Ok(ok(Writer::new().strings("messageIds", &ids).done()))
         }
         (["projects", _, "subscriptions", _], None, m) => {
-            let name = resource;
-            match *m {
-                Method::PUT => {
-                    let mut s = convert::subscription_in(body::<model::Subscription>(payload)?)?;
-                    s.name = name.to_string();
-                    json(&convert::subscription_out(
-                        shared.lock().create_subscription(s)?,
-                    ))
-                }
-                Method::GET => json(&convert::subscription_out(
-                    shared.lock().get_subscription(name)?,
-                )),
-                Method::DELETE => {
-                    shared.lock().delete_subscription(name)?;
-                    Ok(ok(serde_json::json!({})))
-                }
-                Method::PATCH => {
-                    let r: UpdateRequest<model::Subscription> = body(payload)?;
-                    let mut s =
-                        convert::subscription_in(r.subscription.ok_or_else(|| {
-                            ServiceError::invalid("The subscription is required.")
-                        })?)?;
-                    s.name = name.to_string();
-                    let paths = mask_paths(r.update_mask);
-                    json(&convert::subscription_out(
-                        shared.lock().update_subscription(s, &paths)?,
-                    ))
-                }
-                _ => Err(not_found()),
-            }
+            subscription(shared, m, resource, &body, query)
         }
-        (["projects", _, "subscriptions", _], Some(verb), &Method::POST) => match verb {
-            "pull" => {
-                let r: PullBody = body(payload)?;
-                let got = grpc::unary_pull(shared, resource, r.max_messages, r.return_immediately)
-                    .await
-                    .map_err(|s| ServiceError::new(s.code(), s.message()))?;
-                let received: Vec<serde_json::Value> = got
-                    .into_iter()
-                    .map(|r| {
-                        let mut v = serde_json::json!({
-                            "ackId": r.ack_id,
-                            "message": serde_json::to_value(convert::message_out(
-                                r.message.unwrap_or_default(),
-                            ))
-                            .unwrap_or_default(),
-                        });
-                        if r.delivery_attempt > 0 {
-                            v["deliveryAttempt"] = r.delivery_attempt.into();
-                        }
-                        v
-                    })
-                    .collect();
-                Ok(ok(serde_json::json!({ "receivedMessages": received })))
-            }
-            "acknowledge" => {
-                let r: AckBody = body(payload)?;
-                let outcome = shared.lock().acknowledge(resource, &r.ack_ids, now)?;
-                exactly_once_check(shared, resource, outcome)
-            }
-            "modifyAckDeadline" => {
-                let r: AckBody = body(payload)?;
-                let outcome = shared.lock().modify_ack_deadline(
-                    resource,
-                    &r.ack_ids,
-                    r.ack_deadline_seconds,
-                    now,
-                )?;
-                exactly_once_check(shared, resource, outcome)
-            }
-            "detach" => {
-                shared.lock().detach_subscription(resource)?;
-                Ok(ok(serde_json::json!({})))
-            }
-            _ => Err(not_found()),
-        },
+        (["projects", _, "subscriptions", _], Some(verb), &Method::POST) => {
+            subscription_verb(shared, verb, resource, &body, now).await
+        }
+        (["projects", _, "snapshots", _], None, m) => {
+            snapshot(shared, m, resource, &body, query, now)
+        }
         _ => Err(not_found()),
     }
 }
 
-fn exactly_once_check(
+fn topic(
     shared: &Shared,
-    subscription: &str,
-    outcome: crate::broker::AckOutcome,
+    method: &Method,
+    name: &str,
+    body: &Value,
+    query: Option<&str>,
+    now: Instant,
 ) -> Result<RestResponse> {
-    let exactly_once = shared
-        .lock()
-        .subscription(subscription)
-        .is_ok_and(|s| s.exactly_once());
-    if exactly_once && !outcome.invalid.is_empty() {
-        return Err(ServiceError::invalid(format!(
-            "{} ack id(s) are invalid or expired: {}",
-            outcome.invalid.len(),
-            outcome.invalid.join(", ")
-        )));
+    match *method {
+        Method::PUT => {
+            let mut t = json::topic_in(Reader::new(body, "")?)?;
+            t.name = name.to_string();
+            Ok(ok(json::topic_out(&shared.lock().create_topic(t)?)))
+        }
+        Method::GET => Ok(ok(json::topic_out(&shared.lock().get_topic(name)?))),
+        Method::DELETE => {
+            shared.lock().delete_topic(name)?;
+            Ok(empty())
+        }
+        Method::PATCH => {
+            let mut r = Reader::new(body, "")?;
+            let topic = r.message("topic", "topic", json::topic_in)?;
+            let mask = r.present("updateMask", "update_mask")?.cloned();
+            r.finish()?;
+            let mut t = topic.ok_or_else(|| ServiceError::invalid("The topic is required."))?;
+            t.name = name.to_string();
+            let paths = update_mask(mask.as_ref(), query)?;
+            Ok(ok(json::topic_out(
+                &shared.lock().update_topic(t, &paths, now)?,
+            )))
+        }
+        _ => Err(ServiceError::new(
+            tonic::Code::NotFound,
+            format!("{method} on a topic: no such REST method"),
+        )),
     }
-    Ok(ok(serde_json::json!({})))
+}
+
+fn subscription(
+    shared: &Shared,
+    method: &Method,
+    name: &str,
+    body: &Value,
+    query: Option<&str>,
+) -> Result<RestResponse> {
+    match *method {
+        Method::PUT => {
+            let mut s = json::subscription_in(Reader::new(body, "")?)?;
+            s.name = name.to_string();
+            Ok(ok(json::subscription_out(
+                &shared.lock().create_subscription(s)?,
+            )))
+        }
+        Method::GET => Ok(ok(json::subscription_out(
+            &shared.lock().get_subscription(name)?,
+        ))),
+        Method::DELETE => {
+            shared.lock().delete_subscription(name)?;
+            Ok(empty())
+        }
+        Method::PATCH => {
+            let mut r = Reader::new(body, "")?;
+            let sub = r.message("subscription", "subscription", json::subscription_in)?;
+            let mask = r.present("updateMask", "update_mask")?.cloned();
+            r.finish()?;
+            let mut s =
+                sub.ok_or_else(|| ServiceError::invalid("The subscription is required."))?;
+            s.name = name.to_string();
+            let paths = update_mask(mask.as_ref(), query)?;
+            Ok(ok(json::subscription_out(
+                &shared.lock().update_subscription(s, &paths)?,
+            )))
+        }
+        _ => Err(ServiceError::new(
+            tonic::Code::NotFound,
+            format!("{method} on a subscription: no such REST method"),
+        )),
+    }
+}
+
+async fn subscription_verb(
+    shared: &Shared,
+    verb: &str,
+    name: &str,
+    body: &Value,
+    now: Instant,
+) -> Result<RestResponse> {
+    let mut r = Reader::new(body, "")?;
+    r.string("subscription", "subscription")?;
+    match verb {
+        "pull" => {
+            let return_immediately = r.bool("returnImmediately", "return_immediately")?;
+            let max_messages = r.int32("maxMessages", "max_messages")?;
+            r.finish()?;
+            let got = service::pull(shared, name, max_messages, return_immediately, REST).await?;
+            Ok(ok(Writer::new()
+                .messages(
+                    "receivedMessages",
+                    got.iter().map(json::received_out).collect(),
+                )
+                .done()))
+        }
+        "acknowledge" => {
+            let ack_ids = r.strings("ackIds", "ack_ids")?;
+            r.finish()?;
+            service::acknowledge(shared, name, &ack_ids, REST)?;
+            Ok(empty())
+        }
+        "modifyAckDeadline" => {
+            let ack_ids = r.strings("ackIds", "ack_ids")?;
+            let seconds = r.int32("ackDeadlineSeconds", "ack_deadline_seconds")?;
+            r.finish()?;
+            service::modify_ack_deadline(shared, name, &ack_ids, seconds, REST)?;
+            Ok(empty())
+        }
+        "modifyPushConfig" => {
+            let config = r.message("pushConfig", "push_config", json::push_config_in)?;
+            r.finish()?;
+            // Reaching here the config is a pull one (push configs are refused as
+            // unimplemented while being read): nothing changes.
+            drop(config);
+            shared.lock().subscription(name)?;
+            Ok(empty())
+        }
+        "seek" => {
+            let time = r.timestamp("time", "time")?;
+            let snapshot = r.string("snapshot", "snapshot")?;
+            r.finish()?;
+            let target = match (time, snapshot.is_empty()) {
+                (Some(_), false) => {
+                    return Err(ServiceError::invalid(
+                        "A Seek takes a time or a snapshot, not both.",
+                    ));
+                }
+                (Some(t), true) => Some(proto::seek_request::Target::Time(t)),
+                (None, false) => Some(proto::seek_request::Target::Snapshot(snapshot)),
+                (None, true) => None,
+            };
+            shared.lock().seek(name, target, REST, now)?;
+            Ok(empty())
+        }
+        "detach" => {
+            r.finish()?;
+            shared.lock().detach_subscription(name)?;
+            Ok(empty())
+        }
+        other => Err(ServiceError::new(
+            tonic::Code::NotFound,
+            format!("POST {name}:{other}: no such REST method"),
+        )),
+    }
+}
+
+fn snapshot(
+    shared: &Shared,
+    method: &Method,
+    name: &str,
+    body: &Value,
+    query: Option<&str>,
+    now: Instant,
+) -> Result<RestResponse> {
+    match *method {
+        Method::PUT => {
+            let mut r = Reader::new(body, "")?;
+            let subscription = r.string("subscription", "subscription")?;
+            let labels = r.map("labels", "labels")?;
+            r.map("tags", "tags")?;
+            r.finish()?;
+            let s = shared
+                .lock()
+                .create_snapshot(name.to_string(), &subscription, labels, now)?;
+            Ok(ok(json::snapshot_out(&s)))
+        }
+        Method::GET => Ok(ok(json::snapshot_out(&shared.lock().get_snapshot(name)?))),
+        Method::DELETE => {
+            shared.lock().delete_snapshot(name)?;
+            Ok(empty())
+        }
+        Method::PATCH => {
+            let mut r = Reader::new(body, "")?;
+            let snap = r.message("snapshot", "snapshot", json::snapshot_in)?;
+            let mask = r.present("updateMask", "update_mask")?.cloned();
+            r.finish()?;
+            let mut s = snap.ok_or_else(|| ServiceError::invalid("The snapshot is required."))?;
+            s.name = name.to_string();
+            let paths = update_mask(mask.as_ref(), query)?;
+            Ok(ok(json::snapshot_out(
+                &shared.lock().update_snapshot(s, &paths)?,
+            )))
+        }
+        _ => Err(ServiceError::new(
+            tonic::Code::NotFound,
+            format!("{method} on a snapshot: no such REST method"),
+        )),
+    }
 }

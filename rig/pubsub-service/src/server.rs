@@ -3,58 +3,24 @@
 //! for admin and gRPC for publish/subscribe; the Python client speaks gRPC only.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tower::Service as _;
 
-use crate::broker::Broker;
 use crate::grpc::Service;
 use crate::limits;
+use crate::observe;
 use crate::proto::publisher_server::PublisherServer;
 use crate::proto::subscriber_server::SubscriberServer;
 use crate::rest;
-
-/// State shared by every connection.
-pub struct Shared {
-    broker: Mutex<Broker>,
-    pub stopping: CancellationToken,
-}
-
-impl Shared {
-    pub fn new() -> Self {
-        Self {
-            broker: Mutex::new(Broker::default()),
-            stopping: CancellationToken::new(),
-        }
-    }
-
-    /// The broker. A panic while holding the lock leaves consistent-enough state for a test
-    /// service; carrying on beats wedging every client.
-    pub fn lock(&self) -> MutexGuard<'_, Broker> {
-        self.broker.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn closing(&self) -> Arc<Notify> {
-        self.lock().closing.clone()
-    }
-}
-
-impl Default for Shared {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+use crate::service::Shared;
 
 /// What the transport decodes: well above the request limit, so that an oversized publish
 /// reaches `limits` and gets the real service's INVALID_ARGUMENT rather than the transport's
@@ -108,11 +74,20 @@ impl Router {
             return Ok(response.unwrap_or_else(|never| match never {}));
         }
         let (parts, body) = request.into_parts();
+        if parts.uri.path().starts_with(observe::PREFIX) {
+            let response = observe::handle(
+                &self.shared,
+                &parts.method,
+                parts.uri.path(),
+                parts.uri.query(),
+            );
+            return Ok(to_http(response));
+        }
         let payload = match body.collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                let e =
-                    crate::error::ServiceError::invalid(format!("reading the request body: {e}"));
+                let e = crate::error::ServiceError::invalid("Reading the request body failed.")
+                    .with_source(e);
                 return Ok(to_http(rest::error(&e)));
             }
         };
@@ -200,6 +175,3 @@ async fn expire_leases(shared: Arc<Shared>) {
         shared.lock().tick(Instant::now());
     }
 }
-
-#[allow(dead_code)]
-fn _assert_send(_: SocketAddr, _: Bytes) {}
