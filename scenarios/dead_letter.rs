@@ -30,6 +30,7 @@ pub const EPIC_MAX_DELIVERY_ATTEMPTS: u32 = 5;
 pub const ORDERED: Scenario = Scenario {
     name: "dead_letter_ordered",
     invariant: "on the ordered raw subscription, an event failing every attempt reaches events.dlq with delivery count 5 and is never stored; fewer failures store it once",
+    conditions: "the raw subscription exactly as the Terraform declares it (ordered); the worker dead-letters on the last attempt itself, with the reason",
     default_cases: 1,
     run: run_ordered,
     not_on_gcp: None,
@@ -38,6 +39,7 @@ pub const ORDERED: Scenario = Scenario {
 pub const UNORDERED: Scenario = Scenario {
     name: "dead_letter_unordered",
     invariant: "with the Terraform's dead-letter policy, an event failing every attempt reaches events.dlq with delivery count 5 after exactly 5 worker attempts and is never stored; fewer failures store it once",
+    conditions: "the same dead-letter policy with ordering off, failing fewer than 5 times or every time",
     default_cases: 2,
     run: run_unordered,
     not_on_gcp: Some(
@@ -48,6 +50,7 @@ pub const UNORDERED: Scenario = Scenario {
 pub const BAD_INPUT: Scenario = Scenario {
     name: "bad_input",
     invariant: "malformed events are never stored and reach events.dlq with a reason naming the problem; valid events beside them are all stored",
+    conditions: "invalid JSON, a bad UUID, a missing or over-long field, a bad timestamp, a missing claim object, beside valid events of the same keys",
     default_cases: 3,
     run: run_bad_input,
     not_on_gcp: None,

@@ -21,6 +21,7 @@ use rig_events::event_store::{DbConfig, EventStore};
 pub const SCENARIO: Scenario = Scenario {
     name: "connection_isolation",
     invariant: "the primary holds exactly its committed work and the event store exactly the appended events; each side's credentials are refused on the other; no transaction crosses",
+    conditions: "random interleavings of primary transactions (committed, rolled back) and event-store appends, an open primary transaction during appends; prints the primary's p50/p99 latency with and without append load",
     default_cases: 3,
     run,
     not_on_gcp: Some(

@@ -8,6 +8,7 @@
 //! the fixed acceptance resources instead, each case marked as its own ([`acceptance`]).
 
 pub mod acceptance;
+pub mod catalogue;
 pub mod dead_letter;
 pub mod fidelity;
 pub mod fixtures;
@@ -162,6 +163,8 @@ pub struct Scenario {
     pub name: &'static str,
     /// The invariant, in one sentence, as reports show it.
     pub invariant: &'static str,
+    /// What its generated cases put the backbone through, for docs/scenarios.md.
+    pub conditions: &'static str,
     pub default_cases: u32,
     pub run: fn(&Context) -> ScenarioReport,
     /// Why it cannot run on the fixed acceptance resources of GCP (it needs resources of

@@ -34,6 +34,7 @@ use rig_events::pubsub::PubsubImplementation;
 pub const SCENARIO: Scenario = Scenario {
     name: "ordering",
     invariant: "each key's rows in event_store and messages on events.merged are in publish order, without gaps or duplicates",
+    conditions: "nacks, a crash after the append, a worker restart and two workers",
     default_cases: 3,
     run,
     not_on_gcp: None,
@@ -46,6 +47,7 @@ pub const SCENARIO: Scenario = Scenario {
 pub const UNDER_PUBSUB_FAULTS: Scenario = Scenario {
     name: "ordering_under_pubsub_faults",
     invariant: "with duplicate deliveries, stream resets, delays and lost acks, each key's rows in event_store are in publish order without gaps or duplicates, and events.merged holds each key's events in publish order (repeats of an event already delivered aside)",
+    conditions: "the ordering plans with Pub/Sub at its worst on the worker's subscription: duplicate deliveries, stream resets (`UNAVAILABLE` mid-stream), delayed deliveries and lost acks, seeded per case and injected by our Pub/Sub service (`rig-fault-*` labels); skipped, saying so, where the Pub/Sub cannot inject them",
     default_cases: 3,
     run: run_under_faults,
     not_on_gcp: Some(

@@ -20,6 +20,7 @@ use rig_events::storage::StorageConnection;
 pub const SCENARIO: Scenario = Scenario {
     name: "oversized_payloads",
     invariant: "payloads up to 12 MB round-trip byte-exact through the claim check; a missing or modified object is dead-lettered with its reason and not stored",
+    conditions: "payloads from 11 bytes to 12 MB through the bucket (object + size + SHA-256); deleted and modified objects",
     default_cases: 3,
     run,
     not_on_gcp: None,

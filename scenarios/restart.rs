@@ -27,6 +27,7 @@ use rig_events::worker::NoFaults;
 pub const SCENARIO: Scenario = Scenario {
     name: "worker_restart",
     invariant: "a worker stopped or crashed mid-stream and replaced loses nothing: every event stored exactly once in per-key order, on events.merged at least once in order",
+    conditions: "a worker stopped or crashed mid-stream and replaced; on Google's emulator a detected divergence (it never redelivers the rest of the keys)",
     default_cases: 1,
     run,
     not_on_gcp: None,

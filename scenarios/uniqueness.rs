@@ -25,6 +25,7 @@ use rig_events::event_store::NewEvent;
 pub const SCENARIO: Scenario = Scenario {
     name: "event_id_uniqueness",
     invariant: "exactly one row per event_id under retries, redeliveries and concurrent workers; a conflicting payload is reported, never stored",
+    conditions: "producer retries (at once, and after the original is stored), redeliveries and up to 3 concurrent workers",
     default_cases: 3,
     run,
     not_on_gcp: None,
