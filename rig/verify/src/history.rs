@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FileError;
-use crate::plan::{Aggregate, FaultKind};
+use crate::terms::{Aggregate, FaultKind};
 
 /// The history and snapshot format this build reads and writes.
 pub const VERSION: u32 = 1;

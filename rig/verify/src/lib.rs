@@ -23,6 +23,7 @@ pub mod history;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod terms;
 
 pub use checker::{Anomaly, AnomalyKind, Outcome, Property, PropertyResult, Verdict, check};
 pub use error::FileError;
