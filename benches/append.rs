@@ -1,5 +1,5 @@
 //! Append throughput into the local event store, all in one run on one backbone so the figures
-//! compare: batched (`EventStore::append_batch`, issue 3's target >= 60,000 events/s over 100k
+//! compare: batched (`EventStore::append_batch`, goal >= 60,000 events/s over 100k
 //! unique events), one INSERT per event (`EventStore::append`, 1 and 4 connections), and
 //! Laravel Eloquent's per-event `create` (laravel/bin/bench_eloquent.php) as the baseline.
 //! Prints figures; asserts nothing about time. `cargo bench --bench append`.

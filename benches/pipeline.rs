@@ -1,6 +1,6 @@
 //! End-to-end throughput of the reference worker, raw → event store → merged, beside Pub/Sub's
 //! bare receive rate measured in the same run on a subscription configured exactly like the
-//! worker's. Issue 10's goal: at least 10,000 events/s for 10,000 events over 100 keys.
+//! worker's. The goal: at least 10,000 events/s for 10,000 events over 100 keys.
 //!
 //! Each figure runs on its own scope of one local backbone (own Pub/Sub project, database),
 //! with the same 10,000 events:

@@ -5,7 +5,7 @@
 //!   subscription (1 KB messages, 100 ordering keys);
 //! - memory: RSS of the service process holding 100k unacked 1 KB messages.
 //!
-//! Prints figures and ratios; asserts nothing about time (issue 10's targets: ready at most
+//! Prints figures and ratios; asserts nothing about time (the targets: ready at most
 //! 50 ms, at least 20,000 msg/s and 10x the emulator, at most 300 MB). Each service runs as its own process
 //! (this binary re-executed for pubsub-service) so its RSS is its own.
 //!

@@ -1,5 +1,5 @@
-//! How long `rig up` takes until the environment is printed: a median of 5 runs (issue 3's
-//! target: at most 2.5 s on a 2-core machine; issue 10's: at most 0.5 s). Prints figures;
+//! How long `rig up` takes until the environment is printed: a median of 5 runs (the
+//! target: at most 2.5 s on a 2-core machine; the goal: at most 0.5 s). Prints figures;
 //! asserts nothing about time.
 //!
 //! `cargo bench --bench rig_up` (the rig binary is then built with the bench profile).
@@ -44,7 +44,7 @@ fn main() -> Result<(), String> {
     }
     let median = summary("rig up", &mut times);
     println!(
-        "  target <= {:.1} s: {}; issue 10's goal <= {:.1} s: {}",
+        "  target <= {:.1} s: {}; goal <= {:.1} s: {}",
         TARGET.as_secs_f64(),
         if median <= TARGET { "met" } else { "NOT met" },
         GOAL.as_secs_f64(),

@@ -1,4 +1,4 @@
-//! Issue 9, item 2 — a worker replaced mid-stream loses nothing.
+//! A worker replaced mid-stream loses nothing.
 //!
 //! A backlog of events over many keys; the worker is stopped (cleanly, or cut off wherever it
 //! is, as a crash would) after part of it is stored, and a new worker takes over. Every event

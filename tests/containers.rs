@@ -1,4 +1,4 @@
-//! The containers target end to end (issue 12): `rig validate` and the scenarios on it, what
+//! The containers target end to end: `rig validate` and the scenarios on it, what
 //! differs between the MariaDB stand-in and MySQL 8.4 (each test states what it expects of
 //! each engine), and that no container outlives its rig — on SIGTERM, on SIGKILL (the reaper),
 //! on a panic (drop), and left by a rig that is gone (the next start's sweep).

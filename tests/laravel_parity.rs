@@ -1,4 +1,4 @@
-//! Issue 5's proof in the Rust suite: the Laravel migration and `migrations/` leave identical
+//! Laravel and the rig agree, proven in the Rust suite: the Laravel migration and `migrations/` leave identical
 //! tables and triggers on the event store server (and an altered Laravel migration is caught),
 //! and Scenario 2 of the epic — the `EventStore` model writing through the secondary connection
 //! while the primary runs its own transactions — passes against the local backbone.

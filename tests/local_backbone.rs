@@ -565,6 +565,81 @@ async fn appends_are_idempotent_and_conflicts_overwrite_nothing() {
 // No processes left after teardown
 // ---------------------------------------------------------------------------------------------
 
+/// A replay is "already stored" only if every field the ledger keeps is
+/// the same (created_at to the second it keeps); aggregate ids compare exactly — `Coll`,
+/// `coll` and `Coll ` are three streams, on both the worker's lookups and the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_compare_every_field_and_aggregate_ids_compare_exactly() {
+    use rig_events::event_store::AppendError;
+    let (_backbone, env) = deployed("exact").await;
+    let store = EventStore::connect(&env.event_store, 2).await.unwrap();
+    let base = scenarios::fixtures::event(
+        &scenarios::fixtures::Aggregate {
+            account: 1,
+            record: 0,
+            id: 1,
+        },
+        1,
+    );
+    assert_eq!(store.append(&base).await.unwrap(), Appended::Stored);
+    let later = NewEvent {
+        created_at: base.created_at + chrono::Duration::seconds(1),
+        ..base.clone()
+    };
+    match store.append(&later).await {
+        Err(AppendError::Conflict { differs, .. }) => assert_eq!(differs, "created_at"),
+        other => panic!("a replay with another created_at: {other:?}"),
+    }
+    // Within the second the ledger keeps, it is the same event.
+    let fraction = NewEvent {
+        created_at: base.created_at + chrono::Duration::milliseconds(400),
+        ..base.clone()
+    };
+    assert_eq!(
+        store.append(&fraction).await.unwrap(),
+        Appended::AlreadyStored
+    );
+    for (field, changed) in [
+        (
+            "aggregate_id",
+            NewEvent {
+                aggregate_id: format!("{} ", base.aggregate_id),
+                ..base.clone()
+            },
+        ),
+        (
+            "account_id",
+            NewEvent {
+                account_id: base.account_id.to_lowercase(),
+                ..base.clone()
+            },
+        ),
+    ] {
+        match store.append(&changed).await {
+            Err(AppendError::Conflict { differs, .. }) => assert_eq!(differs, field),
+            other => panic!("a replay with another {field}: {other:?}"),
+        }
+    }
+
+    let ids = ["Coll", "coll", "Coll ", "COLL"];
+    for id in ids {
+        let event = NewEvent {
+            aggregate_id: id.to_string(),
+            event_id: uuid::Uuid::new_v4(),
+            ..base.clone()
+        };
+        assert_eq!(store.append(&event).await.unwrap(), Appended::Stored);
+    }
+    for id in ids {
+        let stream = store
+            .stream(&base.account_id, &base.aggregate_type, id)
+            .await
+            .unwrap();
+        let got: Vec<&str> = stream.iter().map(|e| e.aggregate_id.as_str()).collect();
+        assert_eq!(got, vec![id], "the stream of {id:?}");
+    }
+}
+
 /// The processes and temp dir of a running backbone, as seen before it goes away.
 fn observe(backbone: &Backbone) -> (Vec<(String, u32, ProcStat)>, PathBuf) {
     let processes = backbone.processes();

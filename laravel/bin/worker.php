@@ -37,7 +37,7 @@ const MAX_PAYLOAD_BYTES = 32 * 1024 * 1024;
 const LAST_TIMESTAMP = 2147483647;
 const PROBE_ATTRIBUTE = 'backbone_probe';
 const HEADERS = ['event_id', 'account_id', 'aggregate_type', 'aggregate_id', 'created_at'];
-// Server errors that refuse the data itself (rig/core/event_store/refusal.rs).
+// Server errors that refuse the data itself (rig/events/event_store/refusal.rs).
 const PERMANENT_DB_ERRORS = [1048, 1264, 1265, 1292, 1300, 1366, 1367, 1406, 1411, 1690, 3140, 3141, 3144, 3146, 3157, 3819, 4025];
 const PERMANENT_GCS_STATUSES = [400, 404, 410, 411, 412, 413, 414, 416];
 /** How long a key waits for a failed message that does not come back (it went to another worker). */

@@ -39,7 +39,7 @@ from google.cloud import pubsub_v1, storage
 
 log = logging.getLogger("worker")
 
-# What the ledger can hold (rig/core/event_store/storable.rs): the stricter of MySQL 8.4 and
+# What the ledger can hold (rig/events/event_store/storable.rs): the stricter of MySQL 8.4 and
 # MariaDB, so an accepted event is never refused by the database afterwards.
 MAX_FIELD_CHARS = 255
 MAX_JSON_NESTING = 31
@@ -48,12 +48,12 @@ FIRST_TIMESTAMP, LAST_TIMESTAMP = 1, 2**31 - 1
 MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES = 256, 1024, 100
 HEADERS = ["event_id", "account_id", "aggregate_type", "aggregate_id", "created_at"]
 PROBE_ATTRIBUTE = "backbone_probe"
-# Server errors that refuse the data itself (rig/core/event_store/refusal.rs): retrying the
+# Server errors that refuse the data itself (rig/events/event_store/refusal.rs): retrying the
 # same INSERT gets the same answer. Everything else is the database's trouble: retry.
 PERMANENT_DB_ERRORS = {1048, 1264, 1265, 1292, 1300, 1366, 1367, 1406, 1411, 1690,
                        3140, 3141, 3144, 3146, 3157, 3819, 4025}
 DUPLICATE_KEY = 1062
-# HTTP statuses that answer for the object itself (rig/core/claim_check.rs).
+# HTTP statuses that answer for the object itself (rig/events/claim_check.rs).
 PERMANENT_GCS_STATUSES = {400, 404, 410, 411, 412, 413, 414, 416}
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|([+-])(\d{2}):(\d{2}))$")
@@ -194,7 +194,7 @@ def check_claim(bucket, obj, size, sha256):
 
 
 def decode(message):
-    """The event's headers and where its payload is, as rig/core/envelope.rs reads them."""
+    """The event's headers and where its payload is, as rig/events/envelope.rs reads them."""
     attrs = message.attributes
 
     def get(name):
