@@ -26,10 +26,50 @@ pub enum WorkerIdentity {
     Adc,
 }
 
-/// Why a read failed, with what to do next.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct ReadError(pub String);
+/// Why a read failed, with what to do next, and the error that made it fail. Its text is a
+/// finding's note, so it says the cause too: a note stands alone in the report.
+#[derive(Debug, Clone)]
+pub struct ReadError {
+    pub message: String,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ReadError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// `message`, caused by `source`.
+    pub fn caused(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
 
 pub struct LiveReader {
     pub project_id: String,
@@ -96,7 +136,7 @@ impl LiveReader {
         } else {
             &self.reader
         };
-        chosen.clone().map_err(ReadError)
+        chosen.clone().map_err(ReadError::new)
     }
 
     fn pubsub(&self) -> PubsubConnection {
@@ -115,7 +155,7 @@ impl LiveReader {
         let admin = conn
             .subscription_admin()
             .await
-            .map_err(|e| ReadError(e.to_string()))?;
+            .map_err(|e| ReadError::caused("Pub/Sub", e))?;
         admin
             .get_subscription()
             .set_subscription(conn.subscription_path(name))
@@ -136,7 +176,7 @@ impl LiveReader {
         let admin = conn
             .topic_admin()
             .await
-            .map_err(|e| ReadError(e.to_string()))?;
+            .map_err(|e| ReadError::caused("Pub/Sub", e))?;
         let mut names = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -170,7 +210,7 @@ impl LiveReader {
         builder
             .build()
             .await
-            .map_err(|e| ReadError(format!("Pub/Sub IAM client: {e}")))
+            .map_err(|e| ReadError::caused("Pub/Sub IAM client", e))
     }
 
     /// `testIamPermissions` on a topic or subscription path, as the worker.
@@ -238,7 +278,7 @@ impl LiveReader {
         let headers = match credentials
             .headers(Default::default())
             .await
-            .map_err(|e| ReadError(format!("{service}: credentials: {e}")))?
+            .map_err(|e| ReadError::caused(format!("{service}: credentials"), e))?
         {
             CacheableResource::New { data, .. } => data,
             CacheableResource::NotModified => Default::default(),
@@ -251,12 +291,12 @@ impl LiveReader {
             .headers(headers)
             .send()
             .await
-            .map_err(|e| ReadError(format!("{service}: {url}: {e}")))?;
+            .map_err(|e| ReadError::caused(format!("{service}: {url}"), e))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .map_err(|e| ReadError(format!("{service}: {url}: {e}")))?;
+            .map_err(|e| ReadError::caused(format!("{service}: {url}"), e))?;
         if !status.is_success() {
             let message = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -269,9 +309,7 @@ impl LiveReader {
             ));
         }
         serde_json::from_str(&text).map_err(|e| {
-            ReadError(format!(
-                "{service}: {url}: unexpected response ({e}): {text}"
-            ))
+            ReadError::caused(format!("{service}: {url}: unexpected response {text}"), e)
         })
     }
 
@@ -361,7 +399,7 @@ impl LiveReader {
             .strip_prefix("projects/")
             .map(str::to_string)
             .ok_or_else(|| {
-                ReadError(format!(
+                ReadError::new(format!(
                     "resourcemanager: unexpected project name {:?}",
                     project.name
                 ))
@@ -426,14 +464,14 @@ pub struct PermissionsResponse {
 fn google_error(service: &str, detail: &str, needs: &str) -> ReadError {
     let upper = detail.to_ascii_uppercase();
     if upper.contains("PERMISSION_DENIED") || upper.contains("403") {
-        ReadError(format!(
+        ReadError::new(format!(
             "{service}: permission denied ({detail}); this read needs {needs}"
         ))
     } else if upper.contains("NOT_FOUND") || upper.contains("404") {
-        ReadError(format!(
+        ReadError::new(format!(
             "{service}: not found ({detail}); is it created (terraform apply) and are --project/--environment right?"
         ))
     } else {
-        ReadError(format!("{service}: {detail}"))
+        ReadError::new(format!("{service}: {detail}"))
     }
 }

@@ -16,10 +16,18 @@ pub enum PubsubError {
         "Pub/Sub credentials: {0}. For real GCP run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
     )]
     Credentials(String),
-    #[error("Pub/Sub client for {endpoint}: {detail}")]
-    Client { endpoint: String, detail: String },
-    #[error("{action}: {detail}")]
-    Request { action: String, detail: String },
+    #[error("Pub/Sub client for {endpoint}")]
+    Client {
+        endpoint: String,
+        #[source]
+        source: google_cloud_gax::client_builder::Error,
+    },
+    #[error("{action}")]
+    Request {
+        action: String,
+        #[source]
+        source: google_cloud_pubsub::Error,
+    },
 }
 
 /// Which Pub/Sub a target talks to. The local target runs our own service unless
@@ -131,13 +139,13 @@ impl PubsubConnection {
         }
     }
 
-    fn client_error(&self, e: impl std::fmt::Display) -> PubsubError {
+    fn client_error(&self, source: google_cloud_gax::client_builder::Error) -> PubsubError {
         PubsubError::Client {
             endpoint: self
                 .endpoint
                 .clone()
                 .unwrap_or_else(|| "pubsub.googleapis.com".into()),
-            detail: e.to_string(),
+            source,
         }
     }
 
@@ -208,11 +216,8 @@ impl PubsubConnection {
     }
 
     /// A failed admin request, named by what was being done.
-    pub fn request_error(&self, action: String, e: google_cloud_pubsub::Error) -> PubsubError {
-        PubsubError::Request {
-            action,
-            detail: e.to_string(),
-        }
+    pub fn request_error(&self, action: String, source: google_cloud_pubsub::Error) -> PubsubError {
+        PubsubError::Request { action, source }
     }
 }
 

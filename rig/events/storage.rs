@@ -8,8 +8,26 @@ use google_cloud_storage::client::Storage;
 pub enum StorageError {
     #[error("GCS credentials: {0}. For real GCP run `gcloud auth application-default login`")]
     Credentials(String),
-    #[error("GCS at {endpoint}: {detail}")]
-    Request { endpoint: String, detail: String },
+    #[error("GCS client for {endpoint}")]
+    Client {
+        endpoint: String,
+        #[source]
+        source: google_cloud_gax::client_builder::Error,
+    },
+    #[error("GCS at {endpoint}: {action}")]
+    Request {
+        endpoint: String,
+        action: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("GCS at {endpoint}: {action}: {answer}")]
+    Answered {
+        endpoint: String,
+        action: String,
+        /// The HTTP status, and the body when it explains.
+        answer: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +72,13 @@ impl StorageConnection {
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        builder.build().await.map_err(|e| StorageError::Request {
-            endpoint: self.endpoint_name(),
-            detail: e.to_string(),
-        })
+        builder
+            .build()
+            .await
+            .map_err(|source| StorageError::Client {
+                endpoint: self.endpoint_name(),
+                source,
+            })
     }
 
     /// The bucket's settings as the JSON API reports them.
@@ -70,25 +91,25 @@ impl StorageConnection {
             .endpoint
             .as_deref()
             .unwrap_or("https://storage.googleapis.com");
-        let request_err = |detail: String| StorageError::Request {
+        let action = || format!("reading bucket {name}");
+        let request_err = |source| StorageError::Request {
             endpoint: endpoint.to_string(),
-            detail,
+            action: action(),
+            source,
         };
         let response = http
             .get(format!("{endpoint}/storage/v1/b/{name}"))
             .send()
             .await
-            .map_err(|e| request_err(e.to_string()))?;
+            .map_err(request_err)?;
         if !response.status().is_success() {
-            return Err(request_err(format!(
-                "reading bucket {name}: HTTP {}",
-                response.status()
-            )));
+            return Err(StorageError::Answered {
+                endpoint: endpoint.to_string(),
+                action: action(),
+                answer: format!("HTTP {}", response.status()),
+            });
         }
-        let bucket: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| request_err(e.to_string()))?;
+        let bucket: serde_json::Value = response.json().await.map_err(request_err)?;
         Ok(parse_bucket_settings(&bucket))
     }
 }
@@ -145,16 +166,18 @@ impl StorageConnection {
             .headers(headers)
             .send()
             .await
-            .map_err(|e| StorageError::Request {
+            .map_err(|source| StorageError::Request {
                 endpoint: endpoint.to_string(),
-                detail: e.to_string(),
+                action: format!("deleting {object}"),
+                source,
             })?;
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(StorageError::Request {
+            Err(StorageError::Answered {
                 endpoint: endpoint.to_string(),
-                detail: format!("deleting {object}: HTTP {}", response.status()),
+                action: format!("deleting {object}"),
+                answer: format!("HTTP {}", response.status()),
             })
         }
     }

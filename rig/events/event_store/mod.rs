@@ -50,11 +50,13 @@ pub enum AppendError {
         differs: String,
     },
     /// The database refused this event's data (see [`refusal::PERMANENT`]): permanent.
-    #[error("the event store refused event {event_id} ({what}): {detail}")]
+    // The cause is in the text too: it becomes the dead letter's reason, read on its own.
+    #[error("the event store refused event {event_id} ({what}): {source}")]
     Refused {
         event_id: uuid::Uuid,
         what: &'static str,
-        detail: String,
+        #[source]
+        source: sqlx::Error,
     },
     /// The database is unavailable, busy or misconfigured: retry.
     #[error("event store: {0}")]
@@ -72,7 +74,7 @@ impl AppendError {
             Some(what) => AppendError::Refused {
                 event_id,
                 what,
-                detail: error.to_string(),
+                source: error,
             },
             None => AppendError::Database(error),
         }

@@ -67,9 +67,10 @@ async fn create_bucket(
     let endpoint = storage
         .endpoint
         .as_deref()
-        .ok_or_else(|| StorageError::Request {
+        .ok_or_else(|| StorageError::Answered {
             endpoint: storage.endpoint_name(),
-            detail: "buckets in GCP are created by Terraform, not by the rig".into(),
+            action: format!("creating bucket {name}"),
+            answer: "buckets in GCP are created by Terraform, not by the rig".into(),
         })?;
     let mut body = serde_json::json!({
         "name": name,
@@ -83,9 +84,10 @@ async fn create_bucket(
             "rule": [{ "action": { "type": "Delete" }, "condition": { "age": days } }]
         });
     }
-    let request_err = |detail: String| StorageError::Request {
+    let request_err = |source| StorageError::Request {
         endpoint: endpoint.to_string(),
-        detail,
+        action: format!("creating bucket {name}"),
+        source,
     };
     let response = http
         .post(format!(
@@ -95,16 +97,15 @@ async fn create_bucket(
         .json(&body)
         .send()
         .await
-        .map_err(|e| request_err(e.to_string()))?;
+        .map_err(request_err)?;
     let status = response.status();
-    let created: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| request_err(e.to_string()))?;
+    let created: serde_json::Value = response.json().await.map_err(request_err)?;
     if !status.is_success() && status.as_u16() != 409 {
-        return Err(request_err(format!(
-            "creating bucket {name}: HTTP {status}: {created}"
-        )));
+        return Err(StorageError::Answered {
+            endpoint: endpoint.to_string(),
+            action: format!("creating bucket {name}"),
+            answer: format!("HTTP {status}: {created}"),
+        });
     }
     storage.bucket_settings(http, name).await
 }

@@ -28,15 +28,16 @@ pub enum ProvisionError {
     Pubsub(#[from] rig_events::pubsub::PubsubError),
     #[error(transparent)]
     Storage(#[from] rig_events::storage::StorageError),
-    #[error("{action}: {detail}")]
-    Request { action: String, detail: String },
+    #[error("{action}")]
+    Request {
+        action: String,
+        #[source]
+        source: google_cloud_pubsub::Error,
+    },
 }
 
 fn request(action: String) -> impl FnOnce(google_cloud_pubsub::Error) -> ProvisionError {
-    move |e| ProvisionError::Request {
-        action,
-        detail: e.to_string(),
-    }
+    move |source| ProvisionError::Request { action, source }
 }
 
 /// The scope `rig up` and `rig validate` deploy: the environment's own names.
