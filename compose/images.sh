@@ -3,7 +3,7 @@
 # once: every tag is a hash of what goes into the image, and an image whose tag exists is not
 # built again. Prints one `NAME=image` line per requested image on stdout; progress on stderr.
 #
-#   compose/images.sh [mysql] [fake-gcs] [pubsub-emulator] [pubsub-service]   (default: mysql fake-gcs pubsub-emulator)
+#   compose/images.sh [mysql] [fake-gcs] [pubsub-emulator] [pubsub-service]   (default: mysql fake-gcs pubsub-service)
 #
 # Every image can be replaced by an environment variable (a mirror, or the official image on a
 # machine with a registry); a set variable is printed as it is and nothing is built for it:
@@ -191,18 +191,43 @@ pubsub_emulator_image() {
     echo "$tag"
 }
 
+# The newest pubsub-service binary of this checkout's build; built (debug, the profile the
+# README's commands share) when there is none.
 pubsub_service_binary() {
     if [ -n "${RIG_PUBSUB_SERVICE_BIN:-}" ]; then echo "$RIG_PUBSUB_SERVICE_BIN"; return; fi
-    local dir candidate
-    for dir in "${CARGO_TARGET_DIR:-$HERE/../target}"/{release,debug}; do
-        candidate="$dir/pubsub-service"
-        if [ -x "$candidate" ]; then echo "$candidate"; return; fi
+    local target="${CARGO_TARGET_DIR:-$HERE/../target}" newest="" candidate
+    for candidate in "$target"/{debug,release}/pubsub-service; do
+        if [ -x "$candidate" ] && { [ -z "$newest" ] || [ "$candidate" -nt "$newest" ]; }; then
+            newest="$candidate"
+        fi
     done
-    die "pubsub-service is not built: cargo build --release -p pubsub-service (or set RIG_PUBSUB_SERVICE_BIN or RIG_PUBSUB_SERVICE_IMAGE)"
+    if [ -z "$newest" ]; then
+        log "pubsub-service is not built: building it (cargo build -p pubsub-service)"
+        (cd "$HERE/.." && cargo build -q -p pubsub-service --bin pubsub-service >&2) ||
+            die "building pubsub-service failed (or set RIG_PUBSUB_SERVICE_BIN or RIG_PUBSUB_SERVICE_IMAGE)"
+        newest="$target/debug/pubsub-service"
+    fi
+    echo "$newest"
 }
 
+# Where a registry answers (RIG_IMAGE_SOURCE=registry), from source in a multi-stage build on
+# the official rust and debian images; here, from this build's binary on the Debian base.
 pubsub_service_image() {
     if [ -n "${RIG_PUBSUB_SERVICE_IMAGE:-}" ]; then echo "$RIG_PUBSUB_SERVICE_IMAGE"; return; fi
+    if [ "${RIG_IMAGE_SOURCE:-local}" = registry ]; then
+        local tag="backbone-rig/pubsub-service:src-$( { definition_hash pubsub-service/Dockerfile.source; find "$HERE/../rig/pubsub-service/src" "$HERE/../rig/pubsub-service/Cargo.toml" "$HERE/../Cargo.lock" -type f -print0 | sort -z | xargs -0 cat; } | digest)"
+        if ! have_image "$tag"; then
+            # Not through build(): the build stage downloads crates, so it needs the network.
+            local log_file; log_file="$(mktemp)"
+            log "building $tag from source (compose/pubsub-service/Dockerfile.source)"
+            DOCKER_BUILDKIT=0 docker build -q --force-rm -t "$tag" \
+                -f "$HERE/pubsub-service/Dockerfile.source" "$HERE/.." >/dev/null 2>"$log_file" ||
+                { cat "$log_file" >&2; rm -f "$log_file"; die "building $tag failed (log above)"; }
+            rm -f "$log_file"
+        fi
+        echo "$tag"
+        return
+    fi
     local bin base tag
     bin="$(pubsub_service_binary)"
     base="$(base_image)"
@@ -224,7 +249,7 @@ docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
 as_root mkdir -p "$CACHE"
 exec 9>>"$CACHE/images.lock"
 flock 9 || die "could not lock $CACHE/images.lock"
-[ $# -gt 0 ] || set -- mysql fake-gcs pubsub-emulator
+[ $# -gt 0 ] || set -- mysql fake-gcs pubsub-service
 # (An assignment, not `echo "...$(f)"`: set -e stops at a failed substitution only in the former.)
 for wanted in "$@"; do
     case "$wanted" in

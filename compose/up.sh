@@ -14,9 +14,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PROJECT="${RIG_COMPOSE_PROJECT:-backbone-rig}"
 
+# Our own Pub/Sub service unless RIG_PUBSUB=google-emulator, as on every target.
 files=(-f "$HERE/compose.yaml")
 pubsub_image=pubsub-emulator
-if [ "${RIG_PUBSUB:-google-emulator}" = pubsub-service ]; then
+if [ "${RIG_PUBSUB:-pubsub-service}" = pubsub-service ]; then
     files+=(-f "$HERE/compose.pubsub-service.yaml")
     pubsub_image=pubsub-service
 fi
@@ -50,7 +51,7 @@ echo "compose: replacing any previous $PROJECT stack" >&2
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 compose up -d >&2
 
-rig=(cargo run -q --release --bin rig --)
+rig=(cargo run -q --bin rig --)
 if [ -n "${RIG_BIN:-}" ]; then rig=("$RIG_BIN"); fi
 (cd "$HERE/.." && "${rig[@]}" provision "$@" \
     --pubsub "http://127.0.0.1:${RIG_COMPOSE_PUBSUB_PORT:-18085}" \

@@ -83,7 +83,8 @@ const MUST_PASS: [&str; 9] = [
     "worker credentials are refused on the primary",
     "primary database untouched and not restarted",
 ];
-/// The Pub/Sub emulator ignores filters (a divergence); a real filter-keeping Pub/Sub passes.
+/// The Pub/Sub emulator ignores filters (a divergence); our service, the containers target's
+/// default, keeps them and must pass.
 const PASS_OR_DIVERGENCE: &str = "the worker subscription does not see probes";
 
 #[test]
@@ -126,15 +127,17 @@ fn containers_rig_validate_passes_and_names_the_engine() {
             "{line}"
         );
     }
+    assert!(
+        banner.contains("pubsub: pubsub-service"),
+        "the containers target runs our Pub/Sub service unless RIG_PUBSUB says otherwise: {banner}"
+    );
     let line = stdout
         .lines()
         .find(|l| l.starts_with(PASS_OR_DIVERGENCE))
         .unwrap_or_else(|| panic!("no `{PASS_OR_DIVERGENCE}` row:\n{stdout}"));
-    assert!(
-        matches!(
-            line[PASS_OR_DIVERGENCE.len()..].split_whitespace().next(),
-            Some("PASS" | "DIVERGENCE")
-        ),
+    assert_eq!(
+        line[PASS_OR_DIVERGENCE.len()..].split_whitespace().next(),
+        Some("PASS"),
         "{line}"
     );
 }

@@ -105,7 +105,8 @@ pub fn engine_version() -> Result<String, String> {
         .clone()
 }
 
-/// Which Pub/Sub the containers target runs.
+/// Which Pub/Sub the containers target runs: our own service unless `RIG_PUBSUB` asks for
+/// Google's emulator, as on the local target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PubsubImage {
     /// Google's Pub/Sub emulator (the local Cloud SDK's jar on Java from Debian).
@@ -117,9 +118,8 @@ pub enum PubsubImage {
 impl PubsubImage {
     pub fn from_env() -> anyhow::Result<Self> {
         match std::env::var(PUBSUB_CHOICE).as_deref() {
-            // Google's emulator until our own service's binary is part of every build.
-            Err(_) | Ok("") | Ok("google-emulator") => Ok(PubsubImage::Emulator),
-            Ok("pubsub-service") => Ok(PubsubImage::Service),
+            Err(_) | Ok("") | Ok("pubsub-service") => Ok(PubsubImage::Service),
+            Ok("google-emulator") => Ok(PubsubImage::Emulator),
             Ok(other) => anyhow::bail!(
                 "{PUBSUB_CHOICE}={other}: expected `google-emulator` (Google's Pub/Sub emulator) or `pubsub-service` (rig/pubsub-service)"
             ),
