@@ -1,0 +1,233 @@
+//! Whether the endpoints a command was given answer at all, asked once, briefly and all at
+//! once, before anything waits on them. Without this a dead endpoint shows up as the sum of
+//! every later client's own timeouts and retries (a minute and more), and as whatever error
+//! the first of them happens to phrase.
+//!
+//! Only reachability is asked here (a TCP connection); what the server then says (a refused
+//! password, a missing subscription) is for the caller's own request to find out and name.
+
+use std::fmt;
+use std::time::Duration;
+
+/// How long one endpoint may take to accept a connection. A loopback or VPC server answers in
+/// milliseconds; a host that drops packets (a private IP reached from outside its VPC) never
+/// does, and this is how long the user waits to hear so.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One endpoint, named as the user gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// What the user set to name it: `PUBSUB_EMULATOR_HOST`, `DB_EVENT_STORE_HOST/PORT`,
+    /// `--event-store-db`.
+    pub variable: String,
+    /// What answers there: "the Pub/Sub emulator", "the event store's database server".
+    pub service: String,
+    /// `host:port`.
+    pub address: String,
+    /// What to do when it does not answer.
+    pub remedy: String,
+}
+
+impl Endpoint {
+    pub fn new(
+        variable: impl Into<String>,
+        service: impl Into<String>,
+        address: impl Into<String>,
+        remedy: impl Into<String>,
+    ) -> Self {
+        Self {
+            variable: variable.into(),
+            service: service.into(),
+            address: address.into(),
+            remedy: remedy.into(),
+        }
+    }
+
+    /// An endpoint given as a URL (`http://host:port`, `https://host`) or as `host:port`; a
+    /// URL without a port gets its scheme's.
+    pub fn from_url(
+        variable: impl Into<String>,
+        service: impl Into<String>,
+        url: &str,
+        remedy: impl Into<String>,
+    ) -> Self {
+        Self::new(variable, service, host_port(url), remedy)
+    }
+}
+
+/// `host:port` of a URL or an address, for connecting.
+pub fn host_port(url: &str) -> String {
+    let (default_port, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (443, rest),
+        Some((_, rest)) => (80, rest),
+        None => (80, url),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let has_port = match authority.rsplit_once(':') {
+        // `[::1]:8085` has a port, `[::1]` has none.
+        Some((host, port)) => !port.is_empty() && !port.contains(']') && !host.is_empty(),
+        None => false,
+    };
+    if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    }
+}
+
+/// An endpoint that did not answer, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={address} ({service}): {why} — {remedy}",
+    variable = endpoint.variable, address = endpoint.address, service = endpoint.service,
+    why = describe(cause), remedy = endpoint.remedy)]
+pub struct Dead {
+    pub endpoint: Endpoint,
+    #[source]
+    pub cause: std::io::Error,
+}
+
+fn describe(cause: &std::io::Error) -> String {
+    match cause.kind() {
+        std::io::ErrorKind::ConnectionRefused => {
+            "connection refused (nothing listens there)".into()
+        }
+        std::io::ErrorKind::TimedOut => format!("no answer within {PROBE_TIMEOUT:?}"),
+        _ => cause.to_string(),
+    }
+}
+
+/// Every endpoint that did not answer, one line each.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub dead: Vec<Dead>,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.dead.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for Unreachable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.dead
+            .first()
+            .map(|d| d as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Connects to `address` once, within [`PROBE_TIMEOUT`] (name resolution included).
+pub async fn answers(address: &str) -> std::io::Result<()> {
+    let attempt = async {
+        let mut last = None;
+        for candidate in tokio::net::lookup_host(address).await? {
+            match tokio::net::TcpStream::connect(candidate).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{address} resolves to no address"),
+            )
+        }))
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {PROBE_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// Probes every endpoint at once (duplicates once); `Err` names each one that did not answer.
+pub async fn probe_all(endpoints: &[Endpoint]) -> Result<(), Unreachable> {
+    let mut unique: Vec<&Endpoint> = Vec::new();
+    for e in endpoints {
+        if !unique
+            .iter()
+            .any(|u| u.address == e.address && u.variable == e.variable)
+        {
+            unique.push(e);
+        }
+    }
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, endpoint) in unique.iter().enumerate() {
+        let address = endpoint.address.clone();
+        probes.spawn(async move { (i, answers(&address).await) });
+    }
+    let mut dead = Vec::new();
+    while let Some(joined) = probes.join_next().await {
+        let (i, result) = match joined {
+            Ok(done) => done,
+            Err(e) => (usize::MAX, Err(std::io::Error::other(e))),
+        };
+        if let Err(cause) = result
+            && let Some(endpoint) = unique.get(i)
+        {
+            dead.push((i, (*endpoint).clone(), cause));
+        }
+    }
+    if dead.is_empty() {
+        return Ok(());
+    }
+    // In the order the caller listed them, not the order the timeouts fell.
+    dead.sort_by_key(|(i, _, _)| *i);
+    Err(Unreachable {
+        dead: dead
+            .into_iter()
+            .map(|(_, endpoint, cause)| Dead { endpoint, cause })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_become_host_and_port() {
+        assert_eq!(host_port("http://127.0.0.1:8085"), "127.0.0.1:8085");
+        assert_eq!(host_port("127.0.0.1:8085"), "127.0.0.1:8085");
+        assert_eq!(
+            host_port("https://storage.googleapis.com"),
+            "storage.googleapis.com:443"
+        );
+        assert_eq!(host_port("http://localhost/storage/v1"), "localhost:80");
+        assert_eq!(host_port("http://[::1]:9000/x"), "[::1]:9000");
+        assert_eq!(host_port("http://[::1]"), "[::1]:80");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_named_with_its_variable_and_remedy() {
+        // Bound, then released: nothing listens there for the moment of the test.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listening.local_addr().unwrap().to_string();
+        let started = std::time::Instant::now();
+        let err = probe_all(&[
+            Endpoint::new("A_HOST", "a server", live, "start it"),
+            Endpoint::new("B_HOST", "b server", format!("127.0.0.1:{port}"), "start b"),
+        ])
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() < PROBE_TIMEOUT, "{:?}", started.elapsed());
+        assert_eq!(err.dead.len(), 1, "{err}");
+        let line = err.to_string();
+        assert!(
+            line.starts_with(&format!(
+                "B_HOST=127.0.0.1:{port} (b server): connection refused"
+            )),
+            "{line}"
+        );
+        assert!(line.ends_with("— start b"), "{line}");
+        assert!(std::error::Error::source(&err).is_some());
+    }
+}
