@@ -89,10 +89,7 @@ pub struct Dead {
 
 fn describe(cause: &std::io::Error) -> String {
     match cause.kind() {
-        std::io::ErrorKind::ConnectionRefused => {
-            "connection refused (nothing listens there)".into()
-        }
-        std::io::ErrorKind::TimedOut => format!("no answer within {PROBE_TIMEOUT:?}"),
+        std::io::ErrorKind::ConnectionRefused => format!("nothing listens there ({cause})"),
         _ => cause.to_string(),
     }
 }
@@ -185,6 +182,20 @@ pub async fn probe_all(endpoints: &[Endpoint]) -> Result<(), Unreachable> {
     })
 }
 
+/// [`probe_all`], asked again for up to `patience` while something does not answer yet: for
+/// services just started (`compose up -d` returns before they listen). With no patience it
+/// is one probe.
+pub async fn probe_within(endpoints: &[Endpoint], patience: Duration) -> Result<(), Unreachable> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match probe_all(endpoints).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,7 +234,7 @@ mod tests {
         let line = err.to_string();
         assert!(
             line.starts_with(&format!(
-                "B_HOST=127.0.0.1:{port} (b server): connection refused"
+                "B_HOST=127.0.0.1:{port} (b server): nothing listens there"
             )),
             "{line}"
         );
