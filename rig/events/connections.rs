@@ -106,7 +106,7 @@ impl Connections {
                 remedy,
             ));
         }
-        endpoints.push(Endpoint::new(
+        endpoints.push(Endpoint::mysql(
             format!("{EVENT_STORE_PREFIX}HOST/{EVENT_STORE_PREFIX}PORT"),
             "the event store's database server",
             format!("{}:{}", self.event_store.host, self.event_store.port),

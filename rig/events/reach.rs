@@ -3,7 +3,9 @@
 //! every later client's own timeouts and retries (a minute and more), and as whatever error
 //! the first of them happens to phrase.
 //!
-//! Only reachability is asked here (a TCP connection); what the server then says (a refused
+//! Only whether something answers is asked here: a connection, and the first bytes of the
+//! protocol (a MySQL server's greeting, an HTTP server's reply) — a server that accepts
+//! connections and never speaks is as useless as none. What the server then says (a refused
 //! password, a missing subscription) is for the caller's own request to find out and name.
 
 use std::fmt;
@@ -26,6 +28,19 @@ pub struct Endpoint {
     pub address: String,
     /// What to do when it does not answer.
     pub remedy: String,
+    /// What it must say to count as answering.
+    pub speaks: Protocol,
+}
+
+/// The first words an endpoint must say within [`PROBE_TIMEOUT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Accepting the connection is enough.
+    Tcp,
+    /// A MySQL server greets first, unasked.
+    Mysql,
+    /// An HTTP server replies to a request (any status).
+    Http,
 }
 
 impl Endpoint {
@@ -40,10 +55,24 @@ impl Endpoint {
             service: service.into(),
             address: address.into(),
             remedy: remedy.into(),
+            speaks: Protocol::Tcp,
         }
     }
 
-    /// An endpoint given as a URL (`http://host:port`, `https://host`) or as `host:port`; a
+    /// A MySQL server at `address` (`host:port`).
+    pub fn mysql(
+        variable: impl Into<String>,
+        service: impl Into<String>,
+        address: impl Into<String>,
+        remedy: impl Into<String>,
+    ) -> Self {
+        Self {
+            speaks: Protocol::Mysql,
+            ..Self::new(variable, service, address, remedy)
+        }
+    }
+
+    /// An HTTP service given as a URL (`http://host:port`, `https://host`) or as `host:port`; a
     /// URL without a port gets its scheme's.
     pub fn from_url(
         variable: impl Into<String>,
@@ -51,7 +80,10 @@ impl Endpoint {
         url: &str,
         remedy: impl Into<String>,
     ) -> Self {
-        Self::new(variable, service, host_port(url), remedy)
+        Self {
+            speaks: Protocol::Http,
+            ..Self::new(variable, service, host_port(url), remedy)
+        }
     }
 }
 
@@ -117,20 +149,47 @@ impl std::error::Error for Unreachable {
 
 /// Connects to `address` once, within [`PROBE_TIMEOUT`] (name resolution included).
 pub async fn answers(address: &str) -> std::io::Result<()> {
+    speaks(address, Protocol::Tcp).await
+}
+
+/// Connects to `address` and waits for the first bytes `protocol` says, all within
+/// [`PROBE_TIMEOUT`].
+pub async fn speaks(address: &str, protocol: Protocol) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut last = None;
+        let mut stream = None;
         for candidate in tokio::net::lookup_host(address).await? {
             match tokio::net::TcpStream::connect(candidate).await {
-                Ok(_) => return Ok(()),
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{address} resolves to no address"),
-            )
-        }))
+        let Some(mut stream) = stream else {
+            return Err(last.unwrap_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{address} resolves to no address"),
+                )
+            }));
+        };
+        if protocol == Protocol::Http {
+            let request = format!("GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await?;
+        }
+        if protocol != Protocol::Tcp {
+            let mut first = [0u8; 1];
+            if stream.read(&mut first).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "it accepted the connection and closed it without a word",
+                ));
+            }
+        }
+        Ok(())
     };
     match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
         Ok(result) => result,
@@ -154,8 +213,8 @@ pub async fn probe_all(endpoints: &[Endpoint]) -> Result<(), Unreachable> {
     }
     let mut probes = tokio::task::JoinSet::new();
     for (i, endpoint) in unique.iter().enumerate() {
-        let address = endpoint.address.clone();
-        probes.spawn(async move { (i, answers(&address).await) });
+        let (address, protocol) = (endpoint.address.clone(), endpoint.speaks);
+        probes.spawn(async move { (i, speaks(&address, protocol).await) });
     }
     let mut dead = Vec::new();
     while let Some(joined) = probes.join_next().await {
@@ -240,5 +299,22 @@ mod tests {
         );
         assert!(line.ends_with("— start b"), "{line}");
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_accepts_and_never_speaks_does_not_answer() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = silent.local_addr().unwrap().to_string();
+        let _held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        assert!(speaks(&address, Protocol::Tcp).await.is_ok());
+        for protocol in [Protocol::Mysql, Protocol::Http] {
+            let err = speaks(&address, protocol).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{protocol:?}");
+        }
     }
 }

@@ -112,7 +112,7 @@ impl Environment {
 
 /// A database server's endpoint, named by its `{prefix}HOST`/`{prefix}PORT` variables.
 pub fn db_endpoint(prefix: &str, service: &str, config: &DbConfig, remedy: &str) -> Endpoint {
-    Endpoint::new(
+    Endpoint::mysql(
         format!("{prefix}HOST/{prefix}PORT"),
         service,
         if config.host.contains(':') && !config.host.starts_with('[') {

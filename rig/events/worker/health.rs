@@ -29,18 +29,20 @@ pub struct Trouble {
 
 /// Asks Pub/Sub, storage and the event store once. Empty: all answer.
 pub async fn check(env: &Connections) -> Vec<Trouble> {
-    let pubsub_address = env
-        .pubsub
-        .endpoint
-        .as_deref()
-        .map_or_else(|| "pubsub.googleapis.com:443".to_string(), reach::host_port);
-    let storage_address = env.storage.endpoint.as_deref().map_or_else(
-        || "storage.googleapis.com:443".to_string(),
-        reach::host_port,
+    // A stand-in must answer HTTP; of Google's endpoints (TLS) a connection is asked only.
+    let probe = |endpoint: Option<&str>, google: &str| match endpoint {
+        Some(url) => (reach::host_port(url), reach::Protocol::Http),
+        None => (google.to_string(), reach::Protocol::Tcp),
+    };
+    let (pubsub_address, pubsub_protocol) =
+        probe(env.pubsub.endpoint.as_deref(), "pubsub.googleapis.com:443");
+    let (storage_address, storage_protocol) = probe(
+        env.storage.endpoint.as_deref(),
+        "storage.googleapis.com:443",
     );
     let (pubsub, storage, database) = tokio::join!(
-        reach::answers(&pubsub_address),
-        reach::answers(&storage_address),
+        reach::speaks(&pubsub_address, pubsub_protocol),
+        reach::speaks(&storage_address, storage_protocol),
         database(env),
     );
     let mut troubles = Vec::new();

@@ -118,13 +118,13 @@ impl AttachedServices {
         vec![
             Endpoint::from_url("--pubsub", "the Pub/Sub emulator", &self.pubsub, remedy),
             Endpoint::from_url("--storage", "fake-gcs-server", &self.storage, remedy),
-            Endpoint::new(
+            Endpoint::mysql(
                 "--event-store-db",
                 "the event store's MySQL server",
                 db(&self.event_store_db),
                 remedy,
             ),
-            Endpoint::new(
+            Endpoint::mysql(
                 "--primary-db",
                 "the primary's MySQL server",
                 db(&self.primary_db),
