@@ -53,7 +53,7 @@ compose up -d >&2
 
 rig=(cargo run -q --bin rig --)
 if [ -n "${RIG_BIN:-}" ]; then rig=("$RIG_BIN"); fi
-(cd "$HERE/.." && "${rig[@]}" provision "$@" \
+(cd "$HERE/.." && "${rig[@]}" provision --wait-for-services 180 "$@" \
     --pubsub "http://127.0.0.1:${RIG_COMPOSE_PUBSUB_PORT:-18085}" \
     --storage "http://127.0.0.1:${RIG_COMPOSE_GCS_PORT:-14443}" \
     --event-store-db "127.0.0.1:${RIG_COMPOSE_EVENT_STORE_PORT:-13306}" \

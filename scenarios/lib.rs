@@ -21,6 +21,7 @@ pub mod suite;
 pub mod support;
 pub mod uniqueness;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,9 +75,15 @@ pub struct Context {
     pub shrink: bool,
     /// On a backbone that provisions nothing: the acceptance run every case shares.
     pub acceptance: Option<Arc<acceptance::AcceptanceRun>>,
+    /// Set when the run is interrupted: cases not yet started are not run.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Context {
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
     /// Deploys a fresh, isolated scope for one case.
     pub async fn deploy(&self, name: &str) -> anyhow::Result<Environment> {
         let scope = format!("{}-{name}", self.scope_prefix);
@@ -218,16 +225,25 @@ pub fn seed_from_env() -> anyhow::Result<[u8; 32]> {
     }
 }
 
-/// `PROPTEST_CASES`, if set.
+/// `PROPTEST_CASES`, if set: a number of cases, at least 1.
 pub fn cases_from_env() -> anyhow::Result<Option<u32>> {
     match std::env::var("PROPTEST_CASES") {
-        Ok(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| anyhow::anyhow!("PROPTEST_CASES must be a number, got {v:?}")),
+        Ok(v) => match v.parse::<u32>() {
+            Ok(0) => anyhow::bail!(
+                "PROPTEST_CASES=0: a scenario needs at least one case (`rig scenarios --list` lists them without running any)"
+            ),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => anyhow::bail!("PROPTEST_CASES must be a number, got {v:?}"),
+        },
         Err(_) => Ok(None),
     }
 }
+
+/// Why a scenario is not run on a backbone that provisions nothing and has no acceptance run.
+pub const NEEDS_SCOPES: &str = "not run: every case deploys an isolated scope of its own, and this target provisions nothing; use `--target local` or `containers`, or `--target gcp` for the staging-safe scenarios on the acceptance resources";
+
+/// Why a scenario of an interrupted run ended.
+pub const INTERRUPTED: &str = "not run to the end: the run was interrupted";
 
 /// Runs `check` over cases drawn from `strategy`, shrinking a failure to a minimal case.
 /// `check` returns `Err(reason)` when the invariant is violated.
@@ -243,6 +259,7 @@ where
     } else {
         scenario.default_cases
     };
+    // Zero cases are refused where the count is given (`--cases`, PROPTEST_CASES).
     let cases = ctx.cases.unwrap_or(default_cases).max(1);
     let config = Config {
         cases,
@@ -256,6 +273,9 @@ where
     let notes = Mutex::new(CaseNotes::default());
     let counter = std::sync::atomic::AtomicUsize::new(0);
     let result = runner.run(&strategy, |case| {
+        if ctx.stopped() {
+            return Err(TestCaseError::fail(INTERRUPTED));
+        }
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let case_started = Instant::now();
         // On GCP a case takes minutes: say where the run is.
@@ -287,6 +307,8 @@ where
     let mut divergences = notes.divergences;
     divergences.dedup();
     let (outcome, message) = match result {
+        // An interrupted run decides nothing: neither a failing case nor a seed to replay.
+        _ if ctx.stopped() => (Outcome::Skipped, INTERRUPTED.to_string()),
         Ok(()) if !divergences.is_empty() => (
             Outcome::Divergence,
             "the emulator could not decide the invariant; see the divergences".to_string(),
@@ -334,6 +356,8 @@ pub struct Runner {
     pub cases: Option<u32>,
     /// On a backbone that provisions nothing (GCP): the acceptance run the cases share.
     pub acceptance: Option<Arc<acceptance::AcceptanceRun>>,
+    /// Set when the run is interrupted (see [`Context::stop`]).
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Runner {
@@ -344,10 +368,16 @@ impl Runner {
         world: World,
         scope_prefix: &str,
     ) -> ScenarioReport {
+        if self.stop.load(Ordering::SeqCst) {
+            return self.not_run(scenario.name, INTERRUPTED.into());
+        }
         if self.acceptance.is_some()
             && let Some(reason) = scenario.not_on_gcp
         {
             return self.not_run(scenario.name, format!("not run on GCP: {reason}"));
+        }
+        if self.acceptance.is_none() && !self.backbone.capabilities().provisions {
+            return self.not_run(scenario.name, NEEDS_SCOPES.into());
         }
         let shrink = self.acceptance.is_none();
         self.run(scenario, world, scope_prefix, shrink)
@@ -374,6 +404,7 @@ impl Runner {
             scope_prefix: scope_prefix.to_string(),
             shrink,
             acceptance: self.acceptance.clone(),
+            stop: self.stop.clone(),
         };
         (scenario.run)(&ctx)
     }
@@ -381,6 +412,9 @@ impl Runner {
     /// Runs a mutation: its scenario against the broken world, without shrinking. The
     /// report's outcome is `Pass` when the scenario failed, as it must.
     pub fn mutation(&self, mutation: &mutations::Mutation, world: &World) -> ScenarioReport {
+        if self.stop.load(Ordering::SeqCst) {
+            return self.not_run(mutation.name, INTERRUPTED.into());
+        }
         if self.acceptance.is_some() {
             return self.not_run(
                 mutation.name,

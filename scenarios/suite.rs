@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -40,11 +41,7 @@ pub struct Options {
 }
 
 /// Reaches the GCP backbone `options` name, refusing prod, and prepares the acceptance run.
-fn reach_gcp(
-    options: &Options,
-    world: &World,
-    runtime: &tokio::runtime::Handle,
-) -> anyhow::Result<(Backbone, AcceptanceRun)> {
+async fn reach_gcp(options: &Options, world: &World) -> anyhow::Result<(Backbone, AcceptanceRun)> {
     let gcp = options
         .gcp
         .clone()
@@ -57,9 +54,10 @@ fn reach_gcp(
             gcp.environment
         );
     }
-    let backbone = Backbone::reach_gcp(&gcp)?;
-    let deployment = runtime
-        .block_on(backbone.deploy(DEFAULT_SCOPE, &world.topology))
+    let backbone = Backbone::reach_gcp(&gcp).await?;
+    let deployment = backbone
+        .deploy(DEFAULT_SCOPE, &world.topology)
+        .await
         .context("naming the acceptance resources")?;
     let run = AcceptanceRun::new(
         deployment.environment,
@@ -69,6 +67,114 @@ fn reach_gcp(
         options.drain,
     )?;
     Ok((backbone, run))
+}
+
+/// A run ready to go: its backbone started (or reached), everything refused that would be.
+pub struct Prepared {
+    world: World,
+    seed: [u8; 32],
+    cases: Option<u32>,
+    backbone: Arc<Backbone>,
+    acceptance: Option<Arc<AcceptanceRun>>,
+    column: Option<Column>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Stops a run from outside the thread that runs it.
+#[derive(Clone)]
+pub struct Stopper {
+    backbone: Arc<Backbone>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    /// No scenario or case starts any more, and what the backbone started is stopped and its
+    /// temp dir removed at once: the case under way fails fast against dead services, and
+    /// the rig need not wait for it.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.backbone.abort();
+    }
+}
+
+impl Prepared {
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            backbone: self.backbone.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+/// Everything that can be refused is refused here, before anything starts; then the backbone
+/// is started (or reached). Async, so that a signal can drop it half-way and the start-up's
+/// own clean-up runs.
+pub async fn prepare(options: &Options) -> anyhow::Result<Prepared> {
+    if options.target == TargetKind::Env {
+        anyhow::bail!(
+            "refusing `rig scenarios --target env`: every case deploys an isolated scope of its own, and a backbone described by the environment provisions nothing; use `--target local` or `containers`, or `--target gcp` for the staging-safe scenarios on GCP's acceptance resources"
+        );
+    }
+    if options.cases == Some(0) {
+        anyhow::bail!(
+            "--cases 0: a scenario needs at least one case (`rig scenarios --list` lists them without running any)"
+        );
+    }
+    let world = World::from_repository(&options.environment)?;
+    let seed = seed_from_env()?;
+    let cases = options.cases.or(cases_from_env()?);
+    let known: Vec<&str> = all()
+        .iter()
+        .map(|s| s.name)
+        .chain(mutations::all().iter().map(|m| m.name))
+        .collect();
+    for name in &options.names {
+        if !known.contains(&name.as_str()) {
+            anyhow::bail!(
+                "no scenario or mutation named `{name}`: `rig scenarios --list` shows them"
+            );
+        }
+    }
+    let record = options.record_fidelity || fidelity::recording();
+    if record && options.target == TargetKind::Gcp {
+        // A stand-in for GCP is refused before anything is reached.
+        let pubsub = rig_events::pubsub::PubsubImplementation::behind(
+            rig_harness::targets::GcpEndpoints::from_env()
+                .pubsub
+                .as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Column::of(pubsub, true).map_err(|e| anyhow::anyhow!("--record-fidelity: {e}"))?;
+    }
+    let (backbone, acceptance) = if options.target == TargetKind::Gcp {
+        eprintln!("reaching the {} backbone in GCP...", options.environment);
+        let (backbone, run) = reach_gcp(options, &world).await?;
+        (Arc::new(backbone), Some(Arc::new(run)))
+    } else {
+        eprintln!("starting the {} backbone...", options.target);
+        let backbone = Backbone::start_with(options.target, options.pubsub)
+            .await
+            .context("starting the backbone")?;
+        (Arc::new(backbone), None)
+    };
+    // Decided before anything runs: a run that cannot be recorded says so first.
+    let column = if record {
+        Some(
+            Column::of(backbone.pubsub(), acceptance.is_some())
+                .map_err(|e| anyhow::anyhow!("--record-fidelity: {e}"))?,
+        )
+    } else {
+        None
+    };
+    Ok(Prepared {
+        world,
+        seed,
+        cases,
+        backbone,
+        acceptance,
+        column,
+        stop: Arc::default(),
+    })
 }
 
 pub fn list() -> String {
@@ -86,46 +192,23 @@ pub fn list() -> String {
     table.render()
 }
 
-/// Runs the selection on a fresh backbone and prints the table; returns whether nothing failed.
-/// Call it from a thread outside the runtime (it blocks on `runtime`).
-pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result<bool> {
-    let world = World::from_repository(&options.environment)?;
-    let seed = seed_from_env()?;
-    let cases = options.cases.or(cases_from_env()?);
-    let known: Vec<&str> = all()
-        .iter()
-        .map(|s| s.name)
-        .chain(mutations::all().iter().map(|m| m.name))
-        .collect();
-    for name in &options.names {
-        if !known.contains(&name.as_str()) {
-            anyhow::bail!(
-                "no scenario or mutation named `{name}`: `rig scenarios --list` shows them"
-            );
-        }
-    }
+/// Runs the selection on the prepared backbone and prints the table; returns whether nothing
+/// failed. Call it from a thread outside the runtime (it blocks on `runtime`).
+pub fn run(
+    options: &Options,
+    prepared: Prepared,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<bool> {
+    let Prepared {
+        world,
+        seed,
+        cases,
+        backbone,
+        acceptance,
+        column,
+        stop,
+    } = prepared;
     let selected = |name: &str| options.names.is_empty() || options.names.iter().any(|n| n == name);
-    let (backbone, acceptance) = if options.target == TargetKind::Gcp {
-        eprintln!("reaching the {} backbone in GCP...", options.environment);
-        let (backbone, run) = reach_gcp(options, &world, &runtime)?;
-        (Arc::new(backbone), Some(Arc::new(run)))
-    } else {
-        eprintln!("starting the {} backbone...", options.target);
-        let backbone = runtime
-            .block_on(Backbone::start_with(options.target, options.pubsub))
-            .context("starting the backbone")?;
-        (Arc::new(backbone), None)
-    };
-    // Decided before anything runs: a run that cannot be recorded says so first.
-    let record = options.record_fidelity || fidelity::recording();
-    let column = if record {
-        Some(
-            Column::of(backbone.pubsub(), acceptance.is_some())
-                .map_err(|e| anyhow::anyhow!("--record-fidelity: {e}"))?,
-        )
-    } else {
-        None
-    };
     eprintln!(
         "event store engine: {}   pubsub: {}",
         backbone.engine(),
@@ -149,6 +232,7 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
         seed,
         cases,
         acceptance: acceptance.clone(),
+        stop: stop.clone(),
     };
     let mut reports: Vec<(&str, ScenarioReport)> = Vec::new();
     for scenario in all().iter().filter(|s| selected(s.name)) {
@@ -172,6 +256,10 @@ pub fn run(options: &Options, runtime: tokio::runtime::Handle) -> anyhow::Result
             eprintln!("  {} in {}", label(&report), seconds(report.took));
             reports.push(("mutation", report));
         }
+    }
+    if stop.load(Ordering::SeqCst) {
+        // Interrupted: nothing was decided, so nothing is printed, recorded or reported.
+        return Ok(false);
     }
     // Whatever the run left on the acceptance subscriptions is consumed before it ends.
     let drained = acceptance.as_ref().map(|run| {

@@ -62,6 +62,7 @@ impl Shared {
             seed: self.seed,
             cases: self.cases,
             acceptance: None,
+            stop: Default::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rig_events::pubsub::PubsubImplementation;
 use rig_harness::backbone::Backbone;
+use rig_harness::env_file::{EnvFile, Ownership};
 use rig_harness::environment::shell_export;
 use rig_harness::provision::DEFAULT_SCOPE;
 use rig_harness::report::Outcome;
@@ -58,19 +59,74 @@ struct TargetArgs {
     pubsub: PubsubImplementation,
 }
 
+// What each command's `--help` says its exit status means. Throughout: 1 means the thing
+// under test failed, 2 that the command could not run it (`rig drift` kept its 0/1/2).
+const UP_EXIT: &str = concat!(
+    "Exit status:\n",
+    "  0    stopped by SIGINT, SIGTERM or SIGHUP once up: every process stopped, the temp dir and the env file removed\n",
+    "  2    refused or could not start: bad arguments, an --env-file another running backbone owns or a directory that cannot take it, a target that starts nothing, a service that would not start\n",
+    "  130, 143, 129  a signal during start-up: whatever had started is stopped, its temp dir removed"
+);
+const VALIDATE_EXIT: &str = concat!(
+    "Exit status:\n",
+    "  0    every check passed (a known divergence or a skipped check is not a failure)\n",
+    "  1    a check failed\n",
+    "  2    nothing was checked: bad arguments, a stale environment, an endpoint that does not answer, no Google credentials, a backbone that would not start\n",
+    "  130, 143, 129  interrupted by SIGINT, SIGTERM or SIGHUP; whatever the command started is stopped and its temp dirs removed"
+);
+const SCENARIOS_EXIT: &str = concat!(
+    "Exit status:\n",
+    "  0    nothing failed (a divergence or a scenario not run on this target is not a failure)\n",
+    "  1    a scenario or mutation test failed, or the acceptance subscriptions could not be drained\n",
+    "  2    refused before running: `--target env`, `--cases 0`, an unknown name, an endpoint that does not answer, no Google credentials, a backbone that would not start\n",
+    "  130, 143, 129  interrupted by SIGINT, SIGTERM or SIGHUP: the backbone is stopped and its datadir removed"
+);
+const WORKER_EXIT: &str = concat!(
+    "Exit status:\n",
+    "  0    stopped by SIGINT, SIGTERM or SIGHUP after finishing the messages in hand\n",
+    "  2    not started: a variable unset or invalid (each one named), a stale environment, an endpoint that does not answer, no Google credentials, a login the event store refuses\n",
+    "  130, 143, 129  a signal during those start-up checks"
+);
+const DRIFT_EXIT: &str = concat!(
+    "Exit status:\n",
+    "  0    everything matches\n",
+    "  1    drift: a live field differs from the Terraform (or a grant from the migrations)\n",
+    "  2    something could not be read, or nothing was: refused arguments, an endpoint that does not answer, no Google credentials\n",
+    "  130, 143, 129  interrupted by SIGINT, SIGTERM or SIGHUP"
+);
+const PROVISION_EXIT: &str = concat!(
+    "Exit status:\n",
+    "  0    provisioned; the `export` lines are on stdout\n",
+    "  2    bad arguments, RIG_MYSQL_ROOT_PASSWORD unset, a service that does not answer within --wait-for-services (each one named), or provisioning failed\n",
+    "  130, 143, 129  interrupted by SIGINT, SIGTERM or SIGHUP (the stack keeps running, perhaps half provisioned: compose/up.sh starts it afresh)"
+);
+const TOPOLOGY_EXIT: &str = concat!(
+    "Exit status:\n",
+    "  0    printed\n",
+    "  2    the Terraform could not be read"
+);
+
 #[derive(Subcommand)]
 enum Command {
-    /// Bring the backbone up locally, provision it from the Terraform, print `export` lines on
-    /// stdout, and keep it running until Ctrl-C or SIGTERM.
+    /// Bring the backbone up (local processes, or containers with `--target containers`),
+    /// provision it from the Terraform, print `export` lines on stdout, and keep it running
+    /// until Ctrl-C, SIGTERM or SIGHUP.
+    #[command(after_help = UP_EXIT)]
     Up {
         #[command(flatten)]
         target: TargetArgs,
         /// Also write the `export` lines to this file (then `source` it from another shell).
+        /// The file is marked with this process's pid (RIG_BACKBONE_PID) and removed when the
+        /// backbone stops; a file another running backbone wrote is refused.
         #[arg(long)]
         env_file: Option<std::path::PathBuf>,
+        /// Overwrite --env-file even if the backbone that wrote it is still running.
+        #[arg(long, requires = "env_file")]
+        replace_env_file: bool,
     },
     /// The epic's connection validation: probe through Pub/Sub, a dummy row through the
-    /// event-store connection, the primary untouched. Exits non-zero on any failure.
+    /// event-store connection, the primary untouched.
+    #[command(after_help = VALIDATE_EXIT)]
     Validate {
         #[command(flatten)]
         target: TargetArgs,
@@ -79,7 +135,8 @@ enum Command {
         json: bool,
     },
     /// Run the property-based scenarios (and with --mutations, their mutation tests) and
-    /// print a results table. Exits non-zero if any fails; divergences are listed apart.
+    /// print a results table; divergences are listed apart.
+    #[command(after_help = SCENARIOS_EXIT)]
     Scenarios {
         #[command(flatten)]
         target: TargetArgs,
@@ -91,7 +148,8 @@ enum Command {
         /// Also run the mutation tests (each scenario against a broken world must fail).
         #[arg(long)]
         mutations: bool,
-        /// Generated cases per scenario (default: each scenario's own; also PROPTEST_CASES).
+        /// Generated cases per scenario, at least 1 (default: each scenario's own; also
+        /// PROPTEST_CASES).
         #[arg(long)]
         cases: Option<u32>,
         /// Write a JUnit XML report here.
@@ -113,18 +171,25 @@ enum Command {
         record_fidelity: bool,
     },
     /// Run the reference ingest worker against the backbone described by the environment
-    /// (`rig up`'s variables, or real GCP credentials and DB_EVENT_STORE_*), until Ctrl-C.
+    /// (`rig up`'s variables, or real GCP credentials and DB_EVENT_STORE_*), until Ctrl-C,
+    /// SIGTERM or SIGHUP. A dependency that does not answer, or refuses, is warned about with
+    /// its cause and variable when it starts and every --warn-every seconds while it lasts.
+    #[command(after_help = WORKER_EXIT)]
     Worker {
         #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
         environment: String,
+        /// How often a lasting problem is warned about again, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        warn_every: u64,
     },
     /// Read the live backbone in GCP and compare every field with the Terraform (and the
-    /// worker's grants with the migrations). Read-only. Exits 1 on drift, 2 when something
-    /// could not be read (or the arguments are refused), 0 when everything matches.
+    /// worker's grants with the migrations). Read-only.
+    #[command(after_help = DRIFT_EXIT)]
     Drift(DriftArgs),
     /// Provision services that are already running — the compose stack `compose/up.sh` starts —
     /// from the Terraform, print the same `export` lines as `rig up`, and exit (the services
     /// keep running). The databases' root password comes from RIG_MYSQL_ROOT_PASSWORD.
+    #[command(after_help = PROVISION_EXIT)]
     Provision {
         #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
         environment: String,
@@ -140,14 +205,24 @@ enum Command {
         /// The primary's MySQL server, `HOST:PORT`.
         #[arg(long)]
         primary_db: String,
-        /// Also write the `export` lines to this file.
+        /// Also write the `export` lines to this file (a file a running `rig up` owns is
+        /// refused).
         #[arg(long)]
         env_file: Option<std::path::PathBuf>,
+        /// How long the services may take to start accepting connections (a stack just
+        /// started), in seconds; past it, each that does not is named.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        wait_for_services: u64,
     },
-    /// Print the topology the rig reads from the Terraform.
+    /// Print the topology the rig reads from the Terraform: topics, each subscription's
+    /// settings, the bucket.
+    #[command(after_help = TOPOLOGY_EXIT)]
     Topology {
         #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
         environment: String,
+        /// Print it as JSON, for tools.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -172,6 +247,9 @@ struct DriftArgs {
     allow_prod: bool,
 }
 
+/// The command could not do its job: bad input, a refusal, something unreachable.
+const COULD_NOT_RUN: u8 = 2;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -189,20 +267,43 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(COULD_NOT_RUN);
         }
     };
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", describe(&e).replace('\n', "\nerror: "));
+            ExitCode::from(COULD_NOT_RUN)
         }
     };
     // Work still running after a signal (a scenario in its blocking thread) gets a moment, not
     // forever; its child processes die with the rig either way (see rig/process.rs).
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     code
+}
+
+/// The error and its sources, each source only where the text so far does not already say it
+/// (many messages quote their cause); one line per cause where the error lists several.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
+}
+
+/// Writes to stdout; a reader that went away (`rig topology | head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 /// SIGINT, SIGTERM and SIGHUP (the terminal went away), listened to from the start: a signal
@@ -212,6 +313,21 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+}
+
+/// A signal that arrived, and the exit status it gives a command it interrupts (128 + its
+/// number, as shells report it).
+#[derive(Debug, Clone, Copy)]
+struct Caught {
+    name: &'static str,
+    code: u8,
+}
+
+impl Caught {
+    fn exit(self, what: &str) -> ExitCode {
+        eprintln!("{}: {what}", self.name);
+        ExitCode::from(self.code)
+    }
 }
 
 impl Signals {
@@ -224,51 +340,45 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) -> &'static str {
+    async fn next(&mut self) -> Caught {
         tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-            _ = self.hup.recv() => "SIGHUP",
+            _ = self.term.recv() => Caught { name: "SIGTERM", code: 143 },
+            _ = self.int.recv() => Caught { name: "SIGINT", code: 130 },
+            _ = self.hup.recv() => Caught { name: "SIGHUP", code: 129 },
+        }
+    }
+
+    /// Runs `work` unless a signal comes first; then `work` is dropped, which stops (and
+    /// removes) whatever it had started.
+    async fn or_stop<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Caught> {
+        tokio::select! {
+            done = work => Ok(done),
+            caught = self.next() => Err(caught),
         }
     }
 }
 
-/// Writes a file only its owner can read: the environment holds database passwords. A new
-/// file (mode 0600) replaces the old one by rename, so an existing file's mode (say 0644), or
-/// a reader holding it open, never sees the passwords.
-/// The environment as `export` lines on stdout, and into `env_file` (private) when given.
+/// The environment as `export` lines on stdout, and into `env_file` when given.
 fn print_exports(
     env: &rig_harness::environment::Environment,
-    env_file: Option<&std::path::Path>,
+    env_file: Option<&mut EnvFile>,
 ) -> anyhow::Result<()> {
-    let exports: Vec<String> = env
-        .env_vars()
+    let mut vars = env.env_vars();
+    if let Some((name, value)) = env_file.as_ref().and_then(|f| f.owner_export()) {
+        // First: a reader waits for the DB_PASSWORD line as the last one.
+        vars.insert(0, (name, value));
+    }
+    let exports: Vec<String> = vars
         .iter()
         .map(|(name, value)| shell_export(name, value))
         .collect();
-    for line in &exports {
-        println!("{line}");
+    out(&(exports.join("\n") + "\n"));
+    if let Some(file) = env_file {
+        file.write(&(exports.join("\n") + "\n"))?;
     }
-    if let Some(path) = env_file {
-        write_private(path, &(exports.join("\n") + "\n"))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let mut file = tempfile::NamedTempFile::new_in(parent)?;
-    file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(contents.as_bytes())?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -291,6 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             event_store_db,
             primary_db,
             env_file,
+            wait_for_services,
         } => {
             let topology = load_topology(&environment)?;
             let root_password = std::env::var("RIG_MYSQL_ROOT_PASSWORD")
@@ -303,22 +414,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                     .with_context(|| format!("--{flag} {value}: expected HOST:PORT"))
             };
+            let mut env_file = env_file
+                .map(|path| EnvFile::claim(&path, Ownership::Nobody, false))
+                .transpose()?;
+            let services = rig_harness::targets::AttachedServices {
+                pubsub,
+                storage,
+                event_store_db: host_port("event-store-db", &event_store_db)?,
+                primary_db: host_port("primary-db", &primary_db)?,
+                root_password,
+                patience: std::time::Duration::from_secs(wait_for_services),
+            };
             let started = Instant::now();
-            let attached = rig_harness::targets::ContainersBackbone::attach(
-                rig_harness::targets::AttachedServices {
-                    pubsub,
-                    storage,
-                    event_store_db: host_port("event-store-db", &event_store_db)?,
-                    primary_db: host_port("primary-db", &primary_db)?,
-                    root_password,
-                },
-            )
-            .await?;
-            let backbone =
-                Backbone::with_target(TargetKind::Containers, Box::new(attached)).await?;
-            let deployment = backbone.deploy(DEFAULT_SCOPE, &topology).await?;
+            let work = async {
+                let attached = rig_harness::targets::ContainersBackbone::attach(services).await?;
+                let backbone =
+                    Backbone::with_target(TargetKind::Containers, Box::new(attached)).await?;
+                backbone.deploy(DEFAULT_SCOPE, &topology).await
+            };
+            let deployment = match signals.or_stop(work).await {
+                Ok(deployment) => deployment?,
+                Err(caught) => return Ok(caught.exit("provisioning stopped")),
+            };
             let env = &deployment.environment;
-            print_exports(env, env_file.as_deref())?;
+            print_exports(env, env_file.as_mut())?;
             eprintln!(
                 "compose stack provisioned in {:.2}s — event store engine: {}",
                 started.elapsed().as_secs_f64(),
@@ -329,33 +448,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Topology { environment } => {
-            println!("{:#?}", load_topology(&environment)?);
+        Command::Topology { environment, json } => {
+            let topology = load_topology(&environment)?;
+            if json {
+                out(&(serde_json::to_string_pretty(&topology)? + "\n"));
+            } else {
+                out(&topology.summary());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Up {
             target: args,
             env_file,
+            replace_env_file,
         } => {
-            let topology = load_topology(&args.environment)?;
-            let started = Instant::now();
-            let (backbone, deployment) = tokio::select! {
-                r = Backbone::up_with(args.target, args.pubsub, DEFAULT_SCOPE, &topology) => r?,
-                s = signals.next() => { eprintln!("{s} during start-up: stopped"); return Ok(ExitCode::from(130)); }
-            };
-            if !backbone.capabilities().provisions {
+            if matches!(args.target, TargetKind::Env | TargetKind::Gcp) {
                 anyhow::bail!(
-                    "`rig up` starts a backbone, and target {} starts nothing: use it with `rig validate --target env` or `rig worker`",
-                    args.target
+                    "`rig up` starts a backbone, and target {} starts nothing: use it with `rig validate --target {}` or `rig worker`",
+                    args.target,
+                    if args.target == TargetKind::Gcp {
+                        "gcp"
+                    } else {
+                        "env"
+                    }
                 );
             }
+            let topology = load_topology(&args.environment)?;
+            // Before anything starts: a file that cannot be written, or is another running
+            // backbone's, is refused now rather than after the start-up.
+            let mut env_file = env_file
+                .map(|path| EnvFile::claim(&path, Ownership::ThisProcess, replace_env_file))
+                .transpose()?;
+            let started = Instant::now();
+            let up = Backbone::up_with(args.target, args.pubsub, DEFAULT_SCOPE, &topology);
+            let (backbone, deployment) = match signals.or_stop(up).await {
+                Ok(up) => up?,
+                Err(caught) => return Ok(caught.exit("stopped during start-up")),
+            };
             let env = &deployment.environment;
-            print_exports(env, env_file.as_deref())?;
-            if let Some(path) = &env_file {
+            print_exports(env, env_file.as_mut())?;
+            if let Some(file) = &env_file {
                 eprintln!(
-                    "environment written to {}: `source {}` in another shell",
-                    path.display(),
-                    path.display()
+                    "environment written to {}: `source {}` in another shell (removed when this backbone stops)",
+                    file.path().display(),
+                    file.path().display()
                 );
             }
             eprintln!(
@@ -374,10 +510,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (name, id) in backbone.containers() {
                 eprintln!("  {name:<16} container {id:.12}  (docker logs {id:.12})");
             }
-            eprintln!("Ctrl-C or SIGTERM stops everything.");
-            let signal = signals.next().await;
-            eprintln!("{signal}: stopping the backbone");
+            eprintln!("Ctrl-C, SIGTERM or SIGHUP stops everything.");
+            let caught = signals.next().await;
+            eprintln!("{}: stopping the backbone", caught.name);
             drop(backbone);
+            drop(env_file);
             Ok(ExitCode::SUCCESS)
         }
         Command::Scenarios {
@@ -413,31 +550,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 record_fidelity,
             };
             if list {
-                print!("{}", suite::list());
+                out(&suite::list());
                 return Ok(ExitCode::SUCCESS);
             }
+            let prepared = match signals.or_stop(suite::prepare(&options)).await {
+                Ok(prepared) => prepared?,
+                Err(caught) => return Ok(caught.exit("scenarios stopped during start-up")),
+            };
+            let stopper = prepared.stopper();
             let handle = tokio::runtime::Handle::current();
-            let run = tokio::task::spawn_blocking(move || suite::run(&options, handle));
+            let mut run =
+                tokio::task::spawn_blocking(move || suite::run(&options, prepared, handle));
             tokio::select! {
-                r = run => Ok(if r?? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
-                s = signals.next() => {
-                    // The scenario in progress runs in a blocking thread that cannot be
-                    // interrupted cleanly: exit now. The services die with the rig
-                    // (PR_SET_PDEATHSIG) and the next rig removes the temp dir.
-                    eprintln!("{s}: scenarios stopped");
-                    std::process::exit(130)
+                r = &mut run => Ok(if r?? { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+                caught = signals.next() => {
+                    // The scenario under way runs in a blocking thread that cannot be
+                    // cancelled: the backbone is stopped and its datadir removed under it,
+                    // which makes it end soon; it gets a moment to drop what it holds.
+                    stopper.stop();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), run).await;
+                    Ok(caught.exit("scenarios stopped; the backbone is stopped and its temp dir removed"))
                 }
             }
         }
-        Command::Drift(args) => drift(args).await,
-        Command::Worker { environment } => {
+        Command::Drift(args) => drift(args, &mut signals).await,
+        Command::Worker {
+            environment,
+            warn_every,
+        } => {
             let topology = load_topology(&environment)?;
-            let (_backbone, deployment) =
-                Backbone::up(TargetKind::Env, DEFAULT_SCOPE, &topology).await?;
+            let connections = match signals
+                .or_stop(rig_harness::worker::connections(&topology))
+                .await
+            {
+                Ok(connections) => connections?,
+                Err(caught) => return Ok(caught.exit("stopped before the worker started")),
+            };
             rig_events::worker::run_until(
-                &deployment.environment.connections(),
+                &connections,
                 &topology,
-                async move { signals.next().await },
+                std::time::Duration::from_secs(warn_every),
+                async move { signals.next().await.name },
             )
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -488,25 +641,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok::<_, anyhow::Error>(validation)
             };
-            let validation = tokio::select! {
-                r = work => r?,
-                s = signals.next() => { eprintln!("{s}: validation stopped"); return Ok(ExitCode::from(130)); }
+            let validation = match signals.or_stop(work).await {
+                Ok(validation) => validation?,
+                Err(caught) => return Ok(caught.exit("validation stopped")),
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&validation)?);
+                out(&(serde_json::to_string_pretty(&validation)? + "\n"));
             } else {
-                print!("{}", validation.render());
+                out(&validation.render());
             }
             Ok(if validation.passed() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(1)
             })
         }
     }
 }
 
-async fn drift(args: DriftArgs) -> anyhow::Result<ExitCode> {
+async fn drift(args: DriftArgs, signals: &mut Signals) -> anyhow::Result<ExitCode> {
     use rig_drift::live::{GcpEndpoints as Endpoints, LiveReader, WorkerIdentity};
     let refuse = |message: String| {
         eprintln!("error: {message}");
@@ -546,12 +699,21 @@ async fn drift(args: DriftArgs) -> anyhow::Result<ExitCode> {
             rig_events::event_store::DbConfig::from_env(rig_events::event_store::EVENT_STORE_PREFIX)
         })
         .transpose()?;
-    let reader = LiveReader::new(&args.project, endpoints, worker);
-    let report = rig_drift::run(&reader, &topology, &spec, event_store.as_ref()).await;
+    let work = async {
+        rig_drift::preflight(&endpoints, event_store.as_ref()).await?;
+        let reader = LiveReader::new(&args.project, endpoints.clone(), worker);
+        Ok::<_, anyhow::Error>(
+            rig_drift::run(&reader, &topology, &spec, event_store.as_ref()).await,
+        )
+    };
+    let report = match signals.or_stop(work).await {
+        Ok(report) => report?,
+        Err(caught) => return Ok(caught.exit("drift stopped")),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out(&(serde_json::to_string_pretty(&report)? + "\n"));
     } else {
-        print!("{}", report.render());
+        out(&report.render());
     }
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -426,6 +426,71 @@ async fn service_agent_iam(
     }
 }
 
+/// Before anything is read: every stand-in endpoint (`RIG_GCP_*_ENDPOINT`) and the event
+/// store (when `DB_EVENT_STORE_*` is given) answer, and where a Google endpoint is read,
+/// Application Default Credentials give a token — each asked once, within seconds.
+pub async fn preflight(
+    endpoints: &live::GcpEndpoints,
+    event_store: Option<&DbConfig>,
+) -> Result<(), rig_harness::backbone::Unready> {
+    use rig_events::reach::Endpoint;
+    use rig_harness::backbone::Unready;
+    let overridden = [
+        &endpoints.pubsub,
+        &endpoints.storage,
+        &endpoints.sqladmin,
+        &endpoints.servicenetworking,
+        &endpoints.resourcemanager,
+    ];
+    let mut probed: Vec<Endpoint> = live::ENDPOINT_VARIABLES
+        .iter()
+        .zip(overridden)
+        .filter_map(|((variable, service), url)| {
+            url.as_deref().map(|url| {
+                Endpoint::from_url(
+                    *variable,
+                    format!("the {service} stand-in"),
+                    url,
+                    "start the stand-in, or unset the variable to read Google",
+                )
+            })
+        })
+        .collect();
+    if let Some(config) = event_store {
+        probed.push(rig_harness::environment::db_endpoint(
+            rig_events::event_store::EVENT_STORE_PREFIX,
+            "the event store's Cloud SQL instance",
+            config,
+            "run from a machine on the SuiteX VPC (Cloud SQL has a private IP only), or unset DB_EVENT_STORE_HOST to skip the grants",
+        ));
+    }
+    let needs_google = overridden.iter().any(|e| e.is_none());
+    let (credentials, reached) = tokio::join!(
+        async {
+            if needs_google {
+                rig_events::adc::probe().await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+        rig_events::reach::probe_all(&probed),
+    );
+    match (credentials, reached) {
+        (Ok(source), Ok(())) => {
+            if let Some(source) = source {
+                tracing::info!("Google credentials from {source}");
+            }
+            Ok(())
+        }
+        (Err(c), Ok(())) => Err(Unready::Credentials(c)),
+        (Ok(_), Err(u)) => Err(Unready::Unreachable(u)),
+        (Err(credentials), Err(unreachable)) => Err(Unready::Both {
+            credentials,
+            unreachable,
+        }),
+    }
+}
+
 /// `rig validate --target gcp`: the epic's validation through the acceptance resources in dev
 /// and staging (with `dead_letter`, also the ordered dead-letter check, waiting up to that
 /// long); in prod (with `--allow-prod`) the read-only drift comparison instead.
@@ -439,7 +504,7 @@ pub async fn validate_gcp(
     let spec = options.spec()?;
     match options.admit(&spec)? {
         Access::Acceptance => {
-            let backbone = Backbone::reach_gcp(options)?;
+            let backbone = Backbone::reach_gcp(options).await?;
             let deployment = backbone
                 .deploy(rig_harness::provision::DEFAULT_SCOPE, topology)
                 .await?;
@@ -455,6 +520,7 @@ pub async fn validate_gcp(
             Ok(validation)
         }
         Access::ReadOnly => {
+            preflight(&live::GcpEndpoints::from_env(), None).await?;
             let reader = LiveReader::new(
                 &options.project,
                 live::GcpEndpoints::from_env(),

@@ -8,12 +8,14 @@
 //! target runs; it receives [`Connections`] and speaks to whatever they point at. See
 //! ARCHITECTURE.md.
 
+pub mod adc;
 pub mod claim_check;
 mod connections;
 pub mod envelope;
 pub mod event_store;
 pub mod producer;
 pub mod pubsub;
+pub mod reach;
 pub mod storage;
 pub mod worker;
 

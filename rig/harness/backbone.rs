@@ -63,6 +63,7 @@ impl Backbone {
     /// [`ContainersBackbone::attach`]); provisioned like any other target's.
     pub async fn with_target(kind: TargetKind, target: Box<dyn Target>) -> anyhow::Result<Self> {
         let backbone = Self { kind, target };
+        backbone.preflight().await?;
         for (service, took) in backbone.startup_times() {
             tracing::debug!("{service} answered after {took:?}");
         }
@@ -78,11 +79,51 @@ impl Backbone {
 
     /// Reaches the GCP backbone `options` name (the CLI's `--project`, `--environment`,
     /// `--allow-prod`; [`Backbone::start`] reads the same from the process environment).
-    pub fn reach_gcp(options: &GcpOptions) -> anyhow::Result<Self> {
-        Ok(Self {
+    pub async fn reach_gcp(options: &GcpOptions) -> anyhow::Result<Self> {
+        let backbone = Self {
             kind: TargetKind::Gcp,
             target: Box::new(GcpBackbone::reach(options)?),
-        })
+        };
+        backbone.preflight().await?;
+        Ok(backbone)
+    }
+
+    /// On a backbone the rig did not start: every endpoint it was pointed at answers, and
+    /// where Google's own endpoints are used, credentials give a token — asked once, within
+    /// seconds, before anything waits on them. What does not is named, with what to do.
+    pub async fn preflight(&self) -> Result<(), Unready> {
+        let services = self.services();
+        if services.capabilities.provisions {
+            // Started here, and waited for until each service answered.
+            return Ok(());
+        }
+        let needs_google =
+            services.pubsub_endpoint.is_none() || services.storage_endpoint.is_none();
+        let endpoints = self.target.endpoints();
+        let (credentials, reached) = tokio::join!(
+            async {
+                if needs_google {
+                    rig_events::adc::probe().await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+            rig_events::reach::probe_all(&endpoints),
+        );
+        match (credentials, reached) {
+            (Ok(source), Ok(())) => {
+                if let Some(source) = source {
+                    tracing::info!("Google credentials from {source}");
+                }
+                Ok(())
+            }
+            (Err(credentials), Ok(())) => Err(Unready::Credentials(credentials)),
+            (Ok(_), Err(unreachable)) => Err(Unready::Unreachable(unreachable)),
+            (Err(credentials), Err(unreachable)) => Err(Unready::Both {
+                credentials,
+                unreachable,
+            }),
+        }
     }
 
     /// Starts `kind` and deploys `scope` of `topology` on it: what `rig up`, `rig validate`,
@@ -150,6 +191,12 @@ impl Backbone {
         self.target.containers()
     }
 
+    /// Stops what the target started and removes its temp dir now, while other threads may
+    /// still hold the backbone: what an interrupted `rig scenarios` does before it exits.
+    pub fn abort(&self) {
+        self.target.abort();
+    }
+
     /// Provisions `topology` under `scope` (its own project, databases and bucket) and returns
     /// the endpoints and credentials to reach it.
     pub async fn deploy(&self, scope: &str, topology: &Topology) -> anyhow::Result<Deployment> {
@@ -187,6 +234,21 @@ impl Backbone {
             "provisioning failed; service logs (last lines):\n{logs}"
         ))
     }
+}
+
+/// Why a backbone the rig was pointed at cannot be used, one line per cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Unready {
+    #[error(transparent)]
+    Unreachable(#[from] rig_events::reach::Unreachable),
+    #[error(transparent)]
+    Credentials(#[from] rig_events::adc::NoCredentials),
+    #[error("{credentials}\n{unreachable}")]
+    Both {
+        #[source]
+        credentials: rig_events::adc::NoCredentials,
+        unreachable: rig_events::reach::Unreachable,
+    },
 }
 
 /// A provisioned environment and what provisioning noticed on the way.

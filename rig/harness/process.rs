@@ -107,6 +107,16 @@ impl Service {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Kills the child's whole process group now, from a shared reference: for a rig that is
+    /// interrupted while other threads still hold its backbone. `Drop` still reaps it.
+    pub fn kill_group(&self) {
+        let pgid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+
     /// The last `max_bytes` of the child's log, for error messages.
     pub fn log_tail(&self, max_bytes: u64) -> String {
         log_tail(&self.log_path, max_bytes)

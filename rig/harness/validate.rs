@@ -16,12 +16,16 @@ use crate::divergence::Divergence;
 use crate::environment::Environment;
 use crate::readback;
 use crate::report::{Outcome, Table, seconds};
-use rig_events::event_store::{Appended, EventStore, NewEvent, mysql_error_number};
+use rig_events::event_store::{Appended, EVENT_STORE_PREFIX, EventStore, NewEvent, refusal};
 use rig_topology::Topology;
 
 /// How long a probe may take to arrive before the check fails.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the worker subscription is watched for the probe.
+const WORKER_WINDOW: Duration = Duration::from_secs(3);
+/// How the ledger's triggers refuse UPDATE and DELETE, besides a missing grant.
+const TRIGGER_REFUSAL: &[(u16, &str)] = &[(refusal::SIGNALLED, "the append-only trigger")];
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Check {
@@ -72,24 +76,27 @@ impl Validation {
                 out.push_str(&format!("  - {d}\n"));
             }
         }
-        let failed = self
-            .checks
-            .iter()
-            .filter(|c| c.outcome == Outcome::Fail)
-            .count();
-        out.push_str(&format!(
-            "\n{} passed, {} failed, {} divergence(s)\n",
-            self.checks
-                .iter()
-                .filter(|c| c.outcome == Outcome::Pass)
-                .count(),
-            failed,
-            self.checks
-                .iter()
-                .filter(|c| c.outcome == Outcome::Divergence)
-                .count()
-        ));
+        out.push_str(&format!("\n{}\n", self.summary()));
         out
+    }
+
+    /// The last line of the table: the checks by outcome, then the known divergences listed
+    /// above it (a check that diverged is one of them).
+    pub fn summary(&self) -> String {
+        let count = |o: Outcome| self.checks.iter().filter(|c| c.outcome == o).count();
+        let mut line = format!(
+            "{} passed, {} failed",
+            count(Outcome::Pass),
+            count(Outcome::Fail)
+        );
+        if count(Outcome::Skipped) > 0 {
+            line.push_str(&format!(", {} skipped", count(Outcome::Skipped)));
+        }
+        line.push_str(&format!(
+            ", {} known divergence(s)",
+            self.divergences.len().max(count(Outcome::Divergence))
+        ));
+        line
     }
 }
 
@@ -140,9 +147,20 @@ pub async fn run(
     };
     let run_id = uuid::Uuid::new_v4().to_string();
     let probe_attribute = topology.probe_attribute();
+    // Asked once, up front: a check on a service that does not answer is not attempted (and
+    // fails saying so) instead of waiting out its own timeouts and retries.
+    let dead = Dead::of(env).await;
+
+    if let Some(why) = &dead.storage {
+        // No check reads the bucket; the worker would.
+        tracing::warn!("{why}");
+    }
 
     let t = Instant::now();
-    let before = primary_snapshot(env).await;
+    let before = match &dead.primary {
+        Some(why) => Err(anyhow!("not attempted: {why}")),
+        None => primary_snapshot(env).await,
+    };
     rec.record(
         "primary database observed before",
         t,
@@ -152,6 +170,122 @@ pub async fn run(
             .map_err(|e| anyhow!("{e:#}")),
     );
 
+    let t = Instant::now();
+    if let Some(why) = &dead.pubsub {
+        let not_attempted = || Err(anyhow!("not attempted: {why}"));
+        for name in [
+            "subscriptions match the Terraform".to_string(),
+            format!(
+                "publish a probe to {}",
+                raw_topic(topology).unwrap_or_else(|_| "the raw topic".into())
+            ),
+            "read the probe from the validation subscription".to_string(),
+        ] {
+            rec.record(&name, t, not_attempted());
+        }
+        if acceptance_on_raw(topology).next().is_some() {
+            rec.record(
+                "the probe is acknowledged on the acceptance subscriptions",
+                t,
+                not_attempted(),
+            );
+        }
+        rec.record(
+            "the worker subscription does not see probes",
+            t,
+            not_attempted(),
+        );
+    } else {
+        pubsub_checks(env, topology, probe_attribute.as_deref(), &run_id, &mut rec).await;
+    }
+
+    let t = Instant::now();
+    let inserted = match &dead.event_store {
+        Some(why) => Err(anyhow!("not attempted: {why}")),
+        None => insert_dummy_row(env, &run_id).await,
+    };
+    rec.record("insert a dummy row via DB_EVENT_STORE_*", t, inserted);
+
+    let t = Instant::now();
+    rec.record(
+        "the ledger refuses UPDATE and DELETE",
+        t,
+        match &dead.event_store {
+            Some(why) => Err(anyhow!("not attempted: {why}")),
+            None => ledger_is_append_only(env).await,
+        },
+    );
+
+    let t = Instant::now();
+    rec.record(
+        "worker credentials are refused on the primary",
+        t,
+        match &dead.primary {
+            Some(why) => Err(anyhow!("not attempted: {why}")),
+            None => worker_refused_on_primary(env).await,
+        },
+    );
+
+    let t = Instant::now();
+    let after = match &dead.primary {
+        Some(why) => Err(anyhow!("not attempted: {why}")),
+        None => primary_snapshot(env).await,
+    };
+    let untouched = match (&before, &after) {
+        (Ok(b), Ok(a)) => b.unchanged_to(a),
+        (Err(e), _) | (_, Err(e)) => Err(anyhow!("{e:#}")),
+    };
+    rec.record("primary database untouched and not restarted", t, untouched);
+
+    Validation {
+        target: format!("{} (scope {})", env.target, env.scope),
+        engine: env.engine.clone(),
+        pubsub: env.pubsub.implementation.to_string(),
+        checks: rec.checks,
+        divergences: rec.divergences,
+    }
+}
+
+/// Which of the environment's services did not answer the up-front probe, with the line that
+/// says so.
+#[derive(Default)]
+struct Dead {
+    pubsub: Option<String>,
+    storage: Option<String>,
+    event_store: Option<String>,
+    primary: Option<String>,
+}
+
+impl Dead {
+    async fn of(env: &Environment) -> Dead {
+        let remedy = "is the backbone still running?";
+        let endpoints = env.endpoints(remedy);
+        let Err(unreachable) = rig_events::reach::probe_all(&endpoints).await else {
+            return Dead::default();
+        };
+        let mut dead = Dead::default();
+        for d in unreachable.dead {
+            let line = d.to_string();
+            match d.endpoint.variable.as_str() {
+                "PUBSUB_EMULATOR_HOST" => dead.pubsub = Some(line),
+                "STORAGE_EMULATOR_HOST" => dead.storage = Some(line),
+                v if v.starts_with(EVENT_STORE_PREFIX) => dead.event_store = Some(line),
+                _ => dead.primary = Some(line),
+            }
+        }
+        dead
+    }
+}
+
+/// The checks through Pub/Sub: read-back, publish, the probe on the validation, acceptance and
+/// worker subscriptions.
+async fn pubsub_checks(
+    env: &Environment,
+    topology: &Topology,
+    probe_attribute: Option<&str>,
+    run_id: &str,
+    rec: &mut Recorder,
+) {
     let t = Instant::now();
     let readback = readback::read_back_pubsub(&env.pubsub, topology).await;
     // The worker identity holds publisher/subscriber only, which does not include reading a
@@ -193,7 +327,7 @@ pub async fn run(
     }
 
     let t = Instant::now();
-    let published = publish_probe(env, topology, probe_attribute.as_deref(), &run_id).await;
+    let published = publish_probe(env, topology, probe_attribute, run_id).await;
     let publish_ok = published.is_ok();
     let publish_check = format!(
         "publish a probe to {}",
@@ -207,10 +341,11 @@ pub async fn run(
 
     let t = Instant::now();
     let received = if publish_ok {
-        receive_probe(env, topology, probe_attribute.as_deref(), &run_id).await
+        receive_probe(env, topology, probe_attribute, run_id).await
     } else {
         Err(anyhow!("not attempted: the probe was not published"))
     };
+    let received_ok = received.is_ok();
     rec.record(
         "read the probe from the validation subscription",
         t,
@@ -222,7 +357,7 @@ pub async fn run(
     if acceptance_on_raw(topology).next().is_some() {
         let t = Instant::now();
         let drained = if publish_ok {
-            acknowledge_on_acceptance(env, topology, probe_attribute.as_deref(), &run_id).await
+            acknowledge_on_acceptance(env, topology, probe_attribute, run_id).await
         } else {
             Err(anyhow!("not attempted: the probe was not published"))
         };
@@ -234,46 +369,16 @@ pub async fn run(
     }
 
     let t = Instant::now();
-    let filtered = if publish_ok {
-        probe_kept_from_worker(env, topology, probe_attribute.as_deref(), &run_id).await
+    // "Not seen" is evidence only if the probe was there to be seen: it reached the
+    // validation subscription of the same topic.
+    let filtered = if received_ok {
+        probe_kept_from_worker(env, topology, probe_attribute, run_id).await
     } else {
-        Err(anyhow!("not attempted: the probe was not published"))
+        Err(anyhow!(
+            "not attempted: the probe was not read from the validation subscription, so its absence elsewhere would prove nothing"
+        ))
     };
     rec.record("the worker subscription does not see probes", t, filtered);
-
-    let t = Instant::now();
-    let inserted = insert_dummy_row(env, &run_id).await;
-    rec.record("insert a dummy row via DB_EVENT_STORE_*", t, inserted);
-
-    let t = Instant::now();
-    rec.record(
-        "the ledger refuses UPDATE and DELETE",
-        t,
-        ledger_is_append_only(env).await,
-    );
-
-    let t = Instant::now();
-    rec.record(
-        "worker credentials are refused on the primary",
-        t,
-        worker_refused_on_primary(env).await,
-    );
-
-    let t = Instant::now();
-    let after = primary_snapshot(env).await;
-    let untouched = match (&before, &after) {
-        (Ok(b), Ok(a)) => b.unchanged_to(a),
-        (Err(e), _) | (_, Err(e)) => Err(anyhow!("{e:#}")),
-    };
-    rec.record("primary database untouched and not restarted", t, untouched);
-
-    Validation {
-        target: format!("{} (scope {})", env.target, env.scope),
-        engine: env.engine.clone(),
-        pubsub: env.pubsub.implementation.to_string(),
-        checks: rec.checks,
-        divergences: rec.divergences,
-    }
 }
 
 fn probe_message(probe_attribute: Option<&str>, run_id: &str) -> anyhow::Result<Message> {
@@ -450,14 +555,22 @@ async fn probe_kept_from_worker(
     let mut stream = subscriber
         .subscribe(env.pubsub.subscription_path(&worker.name))
         .build();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while let Ok(Some(next)) = tokio::time::timeout(
-        deadline.saturating_duration_since(Instant::now()),
-        stream.next(),
-    )
-    .await
-    {
-        let (message, handler) = next.context("streaming pull")?;
+    let deadline = Instant::now() + WORKER_WINDOW;
+    loop {
+        let next = match tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            stream.next(),
+        )
+        .await
+        {
+            Err(_) => break,
+            Ok(None) => bail!(
+                "the stream on {} ended within {WORKER_WINDOW:?}: nothing was shown either way",
+                worker.name
+            ),
+            Ok(Some(next)) => next.context("streaming pull")?,
+        };
+        let (message, handler) = next;
         if message.attributes.contains_key(attribute) {
             // The worker drops probe-marked messages itself, as this does.
             handler.ack();
@@ -479,9 +592,24 @@ async fn probe_kept_from_worker(
             handler.nack();
         }
     }
+    // Silence is evidence only from a service that was there to speak: the streaming client
+    // retries a lost connection quietly, so ask the service about the subscription itself.
+    let path = env.pubsub.subscription_path(&worker.name);
+    env.pubsub
+        .subscription_admin()
+        .await?
+        .get_subscription()
+        .set_subscription(path.clone())
+        .send()
+        .await
+        .map_err(|e| {
+            env.pubsub
+                .request_error(format!("asking for {path} after the wait"), e)
+        })?;
     Ok(Verdict::Pass(format!(
-        "no probe on {} within 3s",
-        worker.name
+        "no probe on {} within {}s; the service answered for it",
+        worker.name,
+        WORKER_WINDOW.as_secs()
     )))
 }
 
@@ -540,8 +668,14 @@ async fn ledger_is_append_only(env: &Environment) -> anyhow::Result<Verdict> {
                 env.event_store.username,
                 done.rows_affected()
             ),
-            Err(e) => refused
-                .push(mysql_error_number(&e).map_or_else(|| e.to_string(), |n| n.to_string())),
+            Err(e) => match refusal::refused_by_server(&e, TRIGGER_REFUSAL) {
+                Some((number, reason)) => refused.push(format!("{number} ({reason})")),
+                None => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "`{sql}` failed without the server refusing it: nothing was shown"
+                    )));
+                }
+            },
         }
     }
     conn.close().await?;
@@ -589,10 +723,15 @@ async fn worker_refused_on_primary(env: &Environment) -> anyhow::Result<Verdict>
                 env.primary.database
             )
         }
-        Err(e) => Ok(Verdict::Pass(format!(
-            "refused ({})",
-            mysql_error_number(&e).map_or_else(|| e.to_string(), |n| format!("error {n}"))
-        ))),
+        Err(e) => match refusal::refused_by_server(&e, &[]) {
+            Some((number, reason)) => Ok(Verdict::Pass(format!(
+                "refused by the server: error {number} ({reason})"
+            ))),
+            None => Err(anyhow::Error::new(e).context(format!(
+                "could not ask the primary at {}:{} whether it refuses {}: only the server's refusal shows it",
+                env.primary.host, env.primary.port, env.event_store.username
+            ))),
+        },
     }
 }
 
@@ -667,6 +806,9 @@ async fn primary_snapshot(env: &Environment) -> anyhow::Result<PrimarySnapshot> 
     conn.close().await?;
     Ok(PrimarySnapshot {
         tables,
-        uptime: uptime.parse().unwrap_or(0),
+        // An uptime that cannot be read would make "not restarted" true of anything.
+        uptime: uptime
+            .parse()
+            .with_context(|| format!("the primary reported uptime {uptime:?}"))?,
     })
 }

@@ -7,6 +7,7 @@
 mod cloud;
 mod parse;
 pub mod policy;
+mod summary;
 
 pub use cloud::{CloudSpec, PrivateServicesSpec, ResourceGrant, ResourceKind, SqlInstanceSpec};
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use parse::{Configuration, Value};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Topology {
     pub environment: String,
     pub topics: Vec<Topic>,
@@ -25,12 +26,12 @@ pub struct Topology {
 }
 
 /// A Pub/Sub topic; `name` is its id (`events.raw`), not a Terraform label.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Topic {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Subscription {
     /// Subscription id (`events.raw.worker`).
     pub name: String,
@@ -56,20 +57,26 @@ impl Subscription {
 /// The `purpose` label of what staging acceptance runs use.
 pub const ACCEPTANCE: &str = "acceptance";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetterPolicy {
     /// Topic id of the dead-letter topic (`events.dlq`).
     pub topic: String,
     pub max_delivery_attempts: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RetryPolicy {
+    #[serde(rename = "minimum_backoff_seconds", serialize_with = "as_seconds")]
     pub minimum_backoff: Duration,
+    #[serde(rename = "maximum_backoff_seconds", serialize_with = "as_seconds")]
     pub maximum_backoff: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Bucket {
     pub name: String,
     pub uniform_bucket_level_access: bool,

@@ -37,6 +37,38 @@ pub fn permanent(error: &sqlx::Error) -> Option<&'static str> {
         .map(|(_, what)| *what)
 }
 
+/// Server error numbers that refuse an account what it asked for: the answer a check wants
+/// when it asks whether a credential is kept out. Anything else (no connection, a timeout, a
+/// syntax error) means the question was not answered, never that access was refused.
+pub const ACCESS_DENIED: &[(u16, &str)] = &[
+    (1044, "access denied to the database"),
+    (1045, "access denied for the user (password or host)"),
+    (1142, "command denied on the table"),
+    (1143, "command denied on the column"),
+    (1227, "the statement needs a privilege the account lacks"),
+    (1370, "execute denied on the routine"),
+    (1698, "access denied for the user (no password login)"),
+];
+
+/// MySQL's number for a `SIGNAL SQLSTATE '45000'` from a trigger: how the ledger's
+/// append-only triggers refuse UPDATE and DELETE (migrations/…_event_store_append_only.sql).
+pub const SIGNALLED: u16 = 1644;
+
+/// `Some((number, reason))` when the server refused the account what it asked
+/// ([`ACCESS_DENIED`], or one of `also` — e.g. [`SIGNALLED`] for the ledger's triggers);
+/// `None` when the question could not be asked or got another answer: no evidence either way.
+pub fn refused_by_server(
+    error: &sqlx::Error,
+    also: &[(u16, &'static str)],
+) -> Option<(u16, &'static str)> {
+    let number = super::mysql_error_number(error)?;
+    ACCESS_DENIED
+        .iter()
+        .chain(also)
+        .find(|(n, _)| *n == number)
+        .copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +85,17 @@ mod tests {
                 PERMANENT.iter().all(|(n, _)| *n != transient),
                 "{transient} must stay transient"
             );
+        }
+    }
+
+    #[test]
+    fn only_a_server_refusal_counts_as_access_refused() {
+        for not_asked in [
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Protocol("unexpected packet".into()),
+        ] {
+            assert_eq!(refused_by_server(&not_asked, &[]), None, "{not_asked}");
         }
     }
 }

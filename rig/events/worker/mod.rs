@@ -30,6 +30,7 @@
 
 mod acceptance;
 mod batch;
+pub mod health;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -485,10 +486,12 @@ async fn key_loop(
 }
 
 /// Runs the worker until `stop` resolves, restarting it (with backoff) when its stream fails,
-/// and logging progress every 10 seconds.
+/// logging progress every 10 seconds, and warning about a dependency that does not answer or
+/// refuses (see [`health`]) when it starts and every `warn_every` while it lasts.
 pub async fn run_until(
     env: &Connections,
     topology: &Topology,
+    warn_every: Duration,
     stop: impl std::future::Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
     let options = WorkerOptions::from_topology(topology)?;
@@ -499,11 +502,16 @@ pub async fn run_until(
         "worker starting on project {}",
         env.pubsub.project_id
     );
+    let watchdog = tokio::spawn(health::watch(env.clone(), warn_every));
+    let _watchdog = AbortOnDrop(watchdog);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let env = env.clone();
     let mut supervisor = tokio::spawn(async move {
         let mut stop_rx = stop_rx;
         let mut backoff = Duration::from_secs(1);
+        // The watchdog repeats what stays wrong; here only the first failure of a streak is
+        // a warning.
+        let mut failing = false;
         loop {
             if *stop_rx.borrow() {
                 return Ok::<_, anyhow::Error>(());
@@ -512,12 +520,18 @@ pub async fn run_until(
             let worker = match Worker::connect(&env, options.clone(), Arc::new(NoFaults)).await {
                 Ok(worker) => worker,
                 Err(e) => {
-                    tracing::warn!("{e:#}; retrying in {backoff:?}");
+                    if failing {
+                        tracing::debug!("{e:#}; retrying in {backoff:?}");
+                    } else {
+                        tracing::warn!("{e:#}; retrying in {backoff:?}");
+                    }
+                    failing = true;
                     pause(backoff, &mut stop_rx).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
             };
+            failing = false;
             let stats = worker.stats();
             let progress = tokio::spawn(async move {
                 loop {
@@ -547,6 +561,15 @@ pub async fn run_until(
             supervisor.await?
         }
         ended = &mut supervisor => ended?,
+    }
+}
+
+/// A task that ends with its owner, however the owner ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

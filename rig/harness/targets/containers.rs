@@ -19,6 +19,7 @@ use crate::containers::{self, Images, PubsubImage, split_image};
 use crate::services::{free_port, http_ok};
 use rig_events::event_store::{APP_USER, DbConfig, WORKER_USER, trusted_sql};
 use rig_events::pubsub::PubsubImplementation;
+use rig_events::reach::Endpoint;
 
 /// The rig's privileged account on both servers (created by the servers' root).
 const ADMIN_USER: &str = "rig_admin";
@@ -104,6 +105,33 @@ pub struct AttachedServices {
     pub event_store_db: (String, u16),
     pub primary_db: (String, u16),
     pub root_password: String,
+    /// How long the services may take to start answering at all (a stack just started); past
+    /// it each silent one is named.
+    pub patience: Duration,
+}
+
+impl AttachedServices {
+    /// The four endpoints, named by the flags that gave them.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let remedy = "start the compose stack (`compose/up.sh` does, then provisions it) or pass the port it listens on";
+        let db = |(host, port): &(String, u16)| format!("{host}:{port}");
+        vec![
+            Endpoint::from_url("--pubsub", "the Pub/Sub emulator", &self.pubsub, remedy),
+            Endpoint::from_url("--storage", "fake-gcs-server", &self.storage, remedy),
+            Endpoint::mysql(
+                "--event-store-db",
+                "the event store's MySQL server",
+                db(&self.event_store_db),
+                remedy,
+            ),
+            Endpoint::mysql(
+                "--primary-db",
+                "the primary's MySQL server",
+                db(&self.primary_db),
+                remedy,
+            ),
+        ]
+    }
 }
 
 struct Running {
@@ -449,6 +477,9 @@ impl ContainersBackbone {
     pub async fn attach(services: AttachedServices) -> anyhow::Result<Self> {
         // The compose stack runs the Pub/Sub `RIG_PUBSUB` names (compose/up.sh sets it).
         let pubsub_kind = PubsubImage::from_env()?;
+        // Nothing listening is told in seconds; the waits below are for services that listen
+        // but are not ready yet.
+        rig_events::reach::probe_within(&services.endpoints(), services.patience).await?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()

@@ -16,7 +16,9 @@
 use anyhow::bail;
 
 use super::{Capabilities, Existing, Services, Target};
+use crate::environment::db_endpoint;
 use rig_events::event_store::{DbConfig, EVENT_STORE_PREFIX, PRIMARY_PREFIX};
+use rig_events::reach::Endpoint;
 use rig_topology::{CloudSpec, Topology};
 
 /// Which project and environment, and whether prod may be read.
@@ -94,6 +96,7 @@ impl GcpOptions {
 /// acceptance database, the app's to the primary. It provisions nothing.
 pub struct GcpBackbone {
     services: Services,
+    endpoints: Vec<Endpoint>,
 }
 
 impl GcpBackbone {
@@ -126,7 +129,45 @@ impl GcpBackbone {
         }
         let primary = DbConfig::from_env(PRIMARY_PREFIX)?;
         let endpoints = GcpEndpoints::from_env();
+        let vpc = "run from a machine on the SuiteX VPC (Cloud SQL has a private IP only), or correct the variable";
+        let mut probed: Vec<Endpoint> = [
+            (
+                "RIG_GCP_PUBSUB_ENDPOINT",
+                "the Pub/Sub stand-in",
+                &endpoints.pubsub,
+            ),
+            (
+                "RIG_GCP_STORAGE_ENDPOINT",
+                "the storage stand-in",
+                &endpoints.storage,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(variable, service, url)| {
+            url.as_deref().map(|url| {
+                Endpoint::from_url(
+                    variable,
+                    service,
+                    url,
+                    "start the stand-in or unset the variable to reach Google",
+                )
+            })
+        })
+        .collect();
+        probed.push(db_endpoint(
+            EVENT_STORE_PREFIX,
+            "the event store's Cloud SQL instance",
+            &event_store,
+            vpc,
+        ));
+        probed.push(db_endpoint(
+            PRIMARY_PREFIX,
+            "the primary database server",
+            &primary,
+            vpc,
+        ));
         Ok(GcpBackbone {
+            endpoints: probed,
             services: Services {
                 target: format!("gcp {}", options.project),
                 capabilities: Capabilities {
@@ -217,5 +258,9 @@ impl GcpEndpoints {
 impl Target for GcpBackbone {
     fn services(&self) -> &Services {
         &self.services
+    }
+
+    fn endpoints(&self) -> Vec<Endpoint> {
+        self.endpoints.clone()
     }
 }

@@ -227,6 +227,13 @@ impl Target for LocalBackbone {
             .collect()
     }
 
+    fn abort(&self) {
+        for process in &self.processes {
+            process.kill_group();
+        }
+        self.dir.remove_now();
+    }
+
     fn log_tails(&self, max_bytes: u64) -> String {
         self.processes
             .iter()

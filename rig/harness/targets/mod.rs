@@ -26,6 +26,7 @@ pub use local::LocalBackbone;
 
 use rig_events::event_store::DbConfig;
 use rig_events::pubsub::PubsubImplementation;
+use rig_events::reach::Endpoint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
@@ -135,6 +136,15 @@ pub trait Target: Send + Sync {
     }
     /// Each container the target runs: service name, container id.
     fn containers(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Stops what the target started, now, though others still hold it (an interrupted rig
+    /// that exits without dropping it). Containers need nothing here: the reaper removes them
+    /// once the rig is gone.
+    fn abort(&self) {}
+    /// The endpoints this target was pointed at rather than started, named by the variables
+    /// that gave them: each is probed once before anything waits on it.
+    fn endpoints(&self) -> Vec<Endpoint> {
         Vec::new()
     }
 }

@@ -80,6 +80,26 @@ impl WorkDir {
     }
 }
 
+impl WorkDir {
+    /// Removes the dir now, from a shared reference, once its processes were killed: for a
+    /// rig that is interrupted while other threads still hold its backbone (and will not get
+    /// to drop it). Dying processes may still close files for a moment, hence the retries.
+    pub fn remove_now(&self) {
+        self.activity.cancelled.store(true, Ordering::SeqCst);
+        let path = self.path();
+        for _ in 0..40 {
+            match std::fs::remove_dir_all(path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        if path.exists() {
+            tracing::warn!("could not remove {}", path.display());
+        }
+    }
+}
+
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let writers = self
