@@ -11,7 +11,7 @@ use rig_topology::Topology;
 use crate::environment::Environment;
 use crate::targets::{
     Capabilities, ContainersBackbone, EnvBackbone, GcpBackbone, GcpOptions, LocalBackbone,
-    Services, Target, TargetKind,
+    ServiceControl, Services, Target, TargetKind,
 };
 
 /// A running (or reached) backbone. Dropping it stops everything its target started.
@@ -148,6 +148,12 @@ impl Backbone {
     /// Each container the target runs: service name, container id.
     pub fn containers(&self) -> Vec<(String, String)> {
         self.target.containers()
+    }
+
+    /// How to kill, restart, freeze and thaw the target's services (`None` on a target that
+    /// runs nothing of its own: env, gcp, an attached compose stack).
+    pub fn control(&self) -> Option<&dyn ServiceControl> {
+        self.target.control()
     }
 
     /// Provisions `topology` under `scope` (its own project, databases and bucket) and returns

@@ -6,6 +6,8 @@ use rig_events::Connections;
 use rig_events::event_store::{DbConfig, EVENT_STORE_PREFIX, PRIMARY_PREFIX};
 use rig_events::pubsub::PubsubConnection;
 use rig_events::storage::StorageConnection;
+use rig_events::worker::WorkerOptions;
+use rig_topology::Topology;
 
 /// One deployed backbone: a Pub/Sub project, a bucket, an event store database and a primary
 /// database, with the credentials of each role.
@@ -70,6 +72,29 @@ impl Environment {
         vars.extend(self.event_store.env_vars(EVENT_STORE_PREFIX));
         vars.extend(self.primary.env_vars(PRIMARY_PREFIX));
         vars
+    }
+}
+
+/// The variables naming what a worker reads and writes, from the Terraform.
+pub const RAW_SUBSCRIPTION_VAR: &str = "BACKBONE_RAW_SUBSCRIPTION";
+pub const MERGED_TOPIC_VAR: &str = "BACKBONE_MERGED_TOPIC";
+pub const DEAD_LETTER_TOPIC_VAR: &str = "BACKBONE_DEAD_LETTER_TOPIC";
+pub const MAX_DELIVERY_ATTEMPTS_VAR: &str = "BACKBONE_MAX_DELIVERY_ATTEMPTS";
+
+impl Environment {
+    /// [`Environment::env_vars`] and what a worker takes from the Terraform: its subscription
+    /// on the raw topic, the merged and dead-letter topics, and the subscription's
+    /// dead-letter attempts (docs/bring-your-own-worker.md). What `rig up` exports.
+    pub fn worker_env_vars(&self, topology: &Topology) -> anyhow::Result<Vec<(String, String)>> {
+        let worker = WorkerOptions::from_topology(topology)?;
+        let mut vars = self.env_vars();
+        vars.push((RAW_SUBSCRIPTION_VAR.into(), worker.subscription));
+        vars.push((MERGED_TOPIC_VAR.into(), worker.merged_topic));
+        vars.push((DEAD_LETTER_TOPIC_VAR.into(), worker.dead_letter_topic));
+        if let Some(attempts) = worker.max_delivery_attempts {
+            vars.push((MAX_DELIVERY_ATTEMPTS_VAR.into(), attempts.to_string()));
+        }
+        Ok(vars)
     }
 }
 

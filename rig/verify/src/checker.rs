@@ -499,6 +499,19 @@ impl<'a> Index<'a> {
                         }
                     }
                 }
+                Event::Revoked(s) if s.subscription == header.raw_subscription => {
+                    let found = s
+                        .message_id
+                        .as_deref()
+                        .and_then(|id| index.by_message_id.get(id))
+                        .or_else(|| index.ack_ids.get(s.ack_id.as_str()))
+                        .copied();
+                    if let Some(i) = found {
+                        let m = &mut index.raw[i];
+                        m.last_ms = record.at_ms;
+                        m.state = State::Redelivering;
+                    }
+                }
                 Event::DeadLetterForward(f) if f.subscription == header.raw_subscription => {
                     if let Some(&i) = index.by_message_id.get(f.message_id.as_str()) {
                         let m = &mut index.raw[i];
@@ -1657,6 +1670,20 @@ fn figures(
                 {
                     settled[i] = true;
                     backlog_delta[s] -= 1;
+                }
+            }
+            Event::Revoked(x) if x.subscription == header.raw_subscription => {
+                let found = x
+                    .message_id
+                    .as_deref()
+                    .and_then(|id| index.by_message_id.get(id))
+                    .or_else(|| index.ack_ids.get(x.ack_id.as_str()))
+                    .copied();
+                if let Some(i) = found
+                    && settled[i]
+                {
+                    settled[i] = false;
+                    backlog_delta[s] += 1;
                 }
             }
             Event::DeadLetterForward(d) if d.subscription == header.raw_subscription => {
