@@ -184,10 +184,11 @@ impl Recorder {
         }
         let _ = self.http.post(format!("{}:stop", self.url)).send().await;
         drop(self._task);
-        let observed = Arc::try_unwrap(self.observed)
-            .map_err(|_| anyhow::anyhow!("the history is still shared"))?
-            .into_inner()
-            .map_err(|_| anyhow::anyhow!("the history's lock was poisoned"))?;
+        // The follower is aborted; what it read is taken out from under the lock.
+        let observed = match self.observed.lock() {
+            Ok(mut o) => std::mem::take(&mut *o),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
         if observed.dropped > 0 {
             anyhow::bail!(
                 "the Pub/Sub service dropped {} history records (it keeps at most {}): use a smaller plan (--events)",
