@@ -46,7 +46,11 @@ impl Live {
             healed_at_ms: AtomicU64::new(0),
             window: (valid / 10).clamp(50, 2_000),
             quiet,
-            stall: (drain_bound / 2).max(quiet * 3),
+            // Longer than a killed worker's keys stay leased (10-15 s for the example workers'
+            // clients), so that the wait for a replacement is not taken for the end.
+            stall: (drain_bound / 2)
+                .max(quiet * 3)
+                .max(Duration::from_secs(20)),
             drain_bound,
         }
     }
