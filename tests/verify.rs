@@ -41,11 +41,12 @@ fn out_dir(test: &str) -> PathBuf {
 }
 
 /// Every fault kind once, on a workload just big enough that each lands while events are in
-/// flight: 400 events on 20 keys, 30 poison, a few claim-checked payloads and producer retries.
+/// flight and each Pub/Sub fault hits a few messages: 800 events on 30 keys, 30 poison, a few
+/// claim-checked payloads and producer retries.
 fn every_fault() -> PlanConfig {
     PlanConfig {
-        events: 400,
-        aggregates: 20,
+        events: 800,
+        aggregates: 30,
         claim_checked_permille: 25,
         retry_permille: 20,
         poison: 30,

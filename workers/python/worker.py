@@ -535,7 +535,15 @@ class Worker:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
-            future.result()
+            # Woken twice a second: Python runs a signal handler only on the main thread, and
+            # a SIGTERM the kernel hands to one of the client's threads waits until the main
+            # thread wakes (measured: a SIGTERM ignored for 15 s while the worker went on).
+            while True:
+                try:
+                    future.result(timeout=0.5)
+                    break
+                except TimeoutError:
+                    continue
         except Exception as e:
             if not self.stopping.is_set():
                 log.error("the stream failed: %s", e)

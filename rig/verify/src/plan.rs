@@ -957,7 +957,9 @@ fn schedule_faults(
     let slots = kinds.len() as u64 + 1;
     // A fault held until so many more rows are stored needs that many left after its trigger:
     // the triggers are spread over the run less that tail.
-    let pubsub_rows = (config.events / (2 * slots)).max(100).min((config.events / 4).max(1));
+    let pubsub_rows = (config.events / (2 * slots))
+        .max(50)
+        .min((config.events / 8).max(1));
     let spacing = (config.events.saturating_sub(pubsub_rows) / slots).max(1);
     kinds
         .into_iter()
@@ -995,16 +997,17 @@ fn schedule_faults(
                 FaultKind::GcsUnavailable => (Hold::Ms(5_000), vec![]),
                 FaultKind::PubsubDuplicates => (
                     pubsub_hold.clone(),
-                    // 5 %: each duplicate also sends the rest of its key back, and our service
+                    // 10 %: each duplicate also sends the rest of its key back, and our service
                     // counts those redeliveries as attempts (a known defect:
                     // rig/pubsub-service/tests/delivery_attempts.rs), which at 20 % pushed valid
                     // events to their last attempt.
-                    vec![(labels::SEED, seed), (labels::DUPLICATE, "50".into())],
+                    vec![(labels::SEED, seed), (labels::DUPLICATE, "100".into())],
                 ),
                 FaultKind::PubsubStreamResets => (
                     pubsub_hold.clone(),
-                    // Rolled once per batch a stream sends, far fewer than messages.
-                    vec![(labels::SEED, seed), (labels::STREAM_RESET, "150".into())],
+                    // Rolled whenever a stream could be sent a batch; each reset leaves its
+                    // leases to run out (10 s and more for the keys they hold).
+                    vec![(labels::SEED, seed), (labels::STREAM_RESET, "50".into())],
                 ),
                 FaultKind::PubsubDelays => (
                     pubsub_hold.clone(),
@@ -1018,7 +1021,7 @@ fn schedule_faults(
                     pubsub_hold,
                     vec![
                         (labels::SEED, seed),
-                        (labels::LOST_ACK, "50".into()),
+                        (labels::LOST_ACK, "100".into()),
                         (labels::LOST_ACK_LEASE_MS, "1000".into()),
                     ],
                 ),
@@ -1136,7 +1139,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             dup.labels.get(labels::DUPLICATE).map(String::as_str),
-            Some("50")
+            Some("100")
         );
         // Each fault held for rows has as many rows left after its trigger.
         for f in &plan.faults {
