@@ -11,15 +11,16 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
-use rig_events::envelope::{self, ClaimRef};
+use rig_events::envelope;
 use rig_events::event_store::{Appended, DbConfig, EventStore, NewEvent};
 use rig_events::storage::StorageConnection;
 use rig_events::worker::{NoFaults, WorkerOptions};
+use rig_harness::targets::{Service, ServiceControl};
 use scenarios::fixtures::{self, Aggregate};
 use scenarios::support::{Collector, RunningWorker, wait_for};
 use serde_json::Value;
@@ -52,145 +53,28 @@ fn corpus() -> Vec<Case> {
     cases
 }
 
-fn hex_bytes(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex in the corpus"))
-        .collect()
-}
-
-/// The body a case describes (`data`, `data_hex`, or `data_parts` as [text, repeat] pairs).
-fn body(spec: &Value) -> Option<Vec<u8>> {
-    if let Some(text) = spec.get("data").and_then(Value::as_str) {
-        return Some(text.as_bytes().to_vec());
-    }
-    if let Some(hex) = spec.get("data_hex").and_then(Value::as_str) {
-        return Some(hex_bytes(hex));
-    }
-    spec.get("data_parts")
-        .and_then(Value::as_array)
-        .map(|parts| {
-            parts
-                .iter()
-                .flat_map(|p| {
-                    let text = p[0].as_str().expect("a data part's text");
-                    text.repeat(p[1].as_u64().expect("a repeat count") as usize)
-                        .into_bytes()
-                })
-                .collect()
-        })
-}
-
-fn expand(text: &str, event: &NewEvent, bucket: &str) -> String {
-    text.replace(
-        "{EVENT_ID_UPPER}",
-        &event.event_id.hyphenated().to_string().to_uppercase(),
-    )
-    .replace("{EVENT_ID_SIMPLE}", &event.event_id.simple().to_string())
-    .replace("{EVENT_ID}", &event.event_id.hyphenated().to_string())
-    .replace("{BUCKET}", bucket)
-}
-
-/// Builds a case's message from a valid event (uploading claim objects it needs).
+/// Builds a case's message from a valid event (`rig_harness::verify::poison`, as `rig verify`
+/// does), uploading the claim object it needs.
 async fn hostile_message(
     case: &Case,
     event: &NewEvent,
     bucket: &str,
     storage: &google_cloud_storage::client::Storage,
 ) -> Message {
-    let spec = &case.spec;
-    let mut message = envelope::inline_message(event);
-    if let Some(claim) = spec.get("claim") {
-        let uploaded: Option<Vec<u8>> = claim
-            .get("upload")
-            .and_then(Value::as_str)
-            .map(|t| t.as_bytes().to_vec())
-            .or_else(|| {
-                claim
-                    .get("upload_hex")
-                    .and_then(Value::as_str)
-                    .map(hex_bytes)
-            });
-        let object = claim
-            .get("object")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("events/bad/{}/{}.json", case.name, event.event_id));
-        let content = uploaded
-            .clone()
-            .unwrap_or_else(|| event.payload.as_bytes().to_vec());
-        let reference = ClaimRef {
-            bucket: claim
-                .get("bucket")
-                .and_then(Value::as_str)
-                .unwrap_or(bucket)
-                .to_string(),
-            object: object.clone(),
-            size: content.len() as u64,
-            sha256: claim
-                .get("sha256_of")
-                .and_then(Value::as_str)
-                .map(|t| envelope::sha256_hex(t.as_bytes()))
-                .unwrap_or_else(|| envelope::sha256_hex(&content)),
-        };
-        if let Some(bytes) = uploaded {
-            storage
-                .write_object(
-                    StorageConnection::bucket_path(bucket),
-                    object,
-                    bytes::Bytes::from(bytes),
-                )
-                .send_buffered()
-                .await
-                .unwrap_or_else(|e| panic!("{}: uploading its claim object: {e}", case.name));
-        }
-        message = envelope::claim_message(event, &reference);
-        for (attribute, key) in [
-            (envelope::PAYLOAD_SIZE, "size"),
-            (envelope::PAYLOAD_SHA256, "sha256"),
-            (envelope::PAYLOAD_REF, "ref"),
-        ] {
-            if let Some(v) = claim.get(key).and_then(Value::as_str) {
-                message
-                    .attributes
-                    .insert(attribute.into(), expand(v, event, bucket));
-            }
-        }
-        for name in claim
-            .get("remove_claim")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            message.attributes.remove(name.as_str().unwrap_or_default());
-        }
-        if let Some(inline) = claim.get("inline").and_then(Value::as_str) {
-            message = message.set_data(inline.to_string());
-        }
+    let built = rig_harness::verify::poison::message(&case.spec, &case.name, event, bucket)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+    if let Some((object, bytes)) = built.upload {
+        storage
+            .write_object(
+                StorageConnection::bucket_path(bucket),
+                object,
+                bytes::Bytes::from(bytes),
+            )
+            .send_buffered()
+            .await
+            .unwrap_or_else(|e| panic!("{}: uploading its claim object: {e}", case.name));
     }
-    if let Some(data) = body(spec) {
-        message = message.set_data(data);
-    }
-    for (name, value) in spec
-        .get("set")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-    {
-        let value = expand(value.as_str().unwrap_or_default(), event, bucket);
-        message.attributes.insert(name.clone(), value);
-    }
-    for name in spec
-        .get("remove")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        message.attributes.remove(name.as_str().unwrap_or_default());
-    }
-    if let Some(key) = spec.get("ordering_key").and_then(Value::as_str) {
-        message = message.set_ordering_key(key.to_string());
-    }
+    let mut message = built.message;
     message.attributes.insert(MARKER.into(), case.name.clone());
     message
 }
@@ -633,54 +517,11 @@ async fn replays_compare_every_field_and_aggregate_ids_compare_exactly() {
     }
 }
 
-/// A server process restarted by a test with its original command line (its `--init-file` is
-/// gone by then: the first start deleted it); killed when dropped.
-struct Respawned(Child);
-
-impl Drop for Respawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn pid_of(backbone: &rig_harness::backbone::Backbone, name: &str) -> u32 {
+/// What the target does to its own services: kill, restart, freeze, thaw.
+fn control(backbone: &rig_harness::backbone::Backbone) -> &dyn ServiceControl {
     backbone
-        .processes()
-        .into_iter()
-        .find(|(n, _, _)| n == name)
-        .map(|(_, pid, _)| pid)
-        .unwrap_or_else(|| panic!("no {name} among {:?}", backbone.processes()))
-}
-
-/// SIGKILLs the event store server; returns its command line, for [`restart_database`].
-fn kill_database(pid: u32) -> Vec<String> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the server's cmdline");
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    signal(pid, libc::SIGKILL);
-    args
-}
-
-/// Starts the killed event store server again on the same datadir and port.
-fn restart_database(args: &[String]) -> Respawned {
-    let log = std::fs::File::create(std::env::temp_dir().join(format!(
-        "rig-reliability-respawn-{}.log",
-        std::process::id()
-    )))
-    .expect("a log for the restarted server");
-    Respawned(
-        Command::new(&args[0])
-            .args(args[1..].iter().filter(|a| !a.starts_with("--init-file=")))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("restarting the event store server"),
-    )
+        .control()
+        .expect("the local target controls its services")
 }
 
 /// Faults while the worker runs: GCS unavailable (stopped) during claim-check uploads and
@@ -705,8 +546,7 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
         .worker_subscription(&options.dead_letter_topic)
         .map(|s| s.name.clone())
         .expect("a subscription on the dead-letter topic");
-    let gcs = pid_of(&backbone, "fake-gcs-server");
-    let database = pid_of(&backbone, "event-store-db");
+    let services = control(&backbone);
     let merged = Collector::start(&env, &merged_subscription).await.unwrap();
     let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
     let inline = rig_events::producer::Producer::connect(&env.connections(), &raw)
@@ -733,10 +573,10 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     // Upload while GCS is stopped: the producer must fail (or not finish), not publish a
     // reference to an object that was never written.
     let first = batch(1, 3);
-    signal(gcs, libc::SIGSTOP);
+    services.freeze(Service::Storage).await.expect("freezing GCS");
     let during_outage =
         tokio::time::timeout(Duration::from_secs(3), claimed.publish_all(&first)).await;
-    signal(gcs, libc::SIGCONT);
+    services.thaw(Service::Storage).await.expect("thawing GCS");
     assert!(
         !matches!(during_outage, Ok(Ok(_))),
         "claim-checked events were published while GCS was stopped"
@@ -757,9 +597,9 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     let second = batch(3, 6);
     claimed.publish_all(&second).await.unwrap();
     events.extend(second);
-    signal(gcs, libc::SIGSTOP);
+    services.freeze(Service::Storage).await.expect("freezing GCS");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    signal(gcs, libc::SIGCONT);
+    services.thaw(Service::Storage).await.expect("thawing GCS");
 
     // The database killed and restarted while inline events flow.
     let third = batch(6, 20);
@@ -771,14 +611,20 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     .await;
     // Killed, then a batch published while it is down, so appends fail mid-stream (a fast
     // Pub/Sub would drain a batch published before the kill in milliseconds).
-    let server = kill_database(database);
+    services
+        .kill(Service::EventStore)
+        .await
+        .expect("killing the event store");
     let fourth = batch(20, 70);
     inline.publish_all(&fourth).await.unwrap();
     events.extend(fourth);
     // Down longer than the pool's 10 s acquire timeout: a shorter outage can be absorbed by
     // an append waiting for a connection, and then nothing is nacked.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let _restarted = restart_database(&server);
+    services
+        .restart(Service::EventStore)
+        .await
+        .expect("restarting the event store");
 
     let total = events.len();
     let settled = wait_for(Duration::from_secs(90), || async {
@@ -863,7 +709,7 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
         .worker_subscription(&options.dead_letter_topic)
         .map(|s| s.name.clone())
         .expect("a subscription on the dead-letter topic");
-    let database = pid_of(&backbone, "event-store-db");
+    let services = control(&backbone);
     let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
     let events: Vec<NewEvent> = (1..=30)
         .flat_map(|seq| {
@@ -895,9 +741,15 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
     .await;
     // Stopped with the rest in flight: the worker's appends hang on the frozen server.
     producer.publish_all(&events[100..]).await.unwrap();
-    signal(database, libc::SIGSTOP);
+    services
+        .freeze(Service::EventStore)
+        .await
+        .expect("freezing the event store");
     tokio::time::sleep(Duration::from_secs(u64::from(ACK_DEADLINE) + 5)).await;
-    signal(database, libc::SIGCONT);
+    services
+        .thaw(Service::EventStore)
+        .await
+        .expect("thawing the event store");
     let total = events.len();
     let settled = wait_for(Duration::from_secs(60), || async {
         store.count().await.unwrap_or(0) as usize >= total

@@ -206,6 +206,37 @@ fn the_php_worker_passes_every_property_under_every_fault() {
     assert_passes_under_every_fault(test, &outcome, false);
 }
 
+/// Replicas share the subscription; a worker fault hits one of them (the fault's id picks it)
+/// while the other goes on.
+#[test]
+fn two_replicas_pass_while_one_is_killed_and_the_other_stopped() {
+    let test = "two_replicas_pass_while_one_is_killed_and_the_other_stopped";
+    let mut options = Options::new(&format!("{} worker", rig()), dev_topology(), &out_dir(test));
+    options.replicas = 2;
+    options.plan = seeded(
+        26,
+        PlanConfig {
+            faults: vec![FaultKind::WorkerKill, FaultKind::WorkerTerm],
+            ..no_faults()
+        },
+    );
+    let outcome = run_with(test, options);
+    assert!(outcome.passed(), "{test}:\n{}", outcome.summary);
+    let history = History::load(&outcome.out.join("history.jsonl")).expect("the history");
+    let mut started: Vec<u32> = history
+        .records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::WorkerStart(s) => Some(s.replica),
+            _ => None,
+        })
+        .collect();
+    started.sort_unstable();
+    started.dedup();
+    assert_eq!(started, [0, 1], "{test}: both replicas ran");
+    assert_eq!(outcome.verdict.figures.worker_starts, 4, "{test}: two starts, two restarts");
+}
+
 /// Poison nacked on every delivery and left to the subscription's dead-letter policy (its
 /// copies carry the service's delivery count and no reason) is correct: it passes, under a
 /// worker kill and Pub/Sub duplicates too.

@@ -87,13 +87,22 @@ impl Environment {
     /// dead-letter attempts (docs/bring-your-own-worker.md). What `rig up` exports.
     pub fn worker_env_vars(&self, topology: &Topology) -> anyhow::Result<Vec<(String, String)>> {
         let worker = WorkerOptions::from_topology(topology)?;
-        let mut vars = self.env_vars();
-        vars.push((RAW_SUBSCRIPTION_VAR.into(), worker.subscription));
-        vars.push((MERGED_TOPIC_VAR.into(), worker.merged_topic));
-        vars.push((DEAD_LETTER_TOPIC_VAR.into(), worker.dead_letter_topic));
+        let mut names = vec![
+            (RAW_SUBSCRIPTION_VAR.to_string(), worker.subscription),
+            (MERGED_TOPIC_VAR.into(), worker.merged_topic),
+            (DEAD_LETTER_TOPIC_VAR.into(), worker.dead_letter_topic),
+        ];
         if let Some(attempts) = worker.max_delivery_attempts {
-            vars.push((MAX_DELIVERY_ATTEMPTS_VAR.into(), attempts.to_string()));
+            names.push((MAX_DELIVERY_ATTEMPTS_VAR.into(), attempts.to_string()));
         }
+        // Beside the bucket, before the database credentials: `DB_PASSWORD` stays the last
+        // line `rig up` prints, which scripts wait for.
+        let mut vars = self.env_vars();
+        let at = vars
+            .iter()
+            .position(|(k, _)| k == "BACKBONE_PAYLOAD_BUCKET")
+            .map_or(vars.len(), |i| i + 1);
+        vars.splice(at..at, names);
         Ok(vars)
     }
 }

@@ -57,7 +57,7 @@ use worker_process::SharedWorkers;
 use workload::Gate;
 
 /// What `--target gcp` would mean, and why it is refused.
-pub const GCP_REFUSAL: &str = "rig verify --target gcp is not run by the rig: it injects faults from outside (kills the worker and the event store, freezes GCS, sets fault labels on the raw subscription) and records what our own Pub/Sub service sees, and neither is possible on GCP. A staging worker is checked without injected faults through the acceptance resources instead: `rig validate --target gcp --environment staging --project PROJECT` and `rig scenarios --target gcp` (docs/gcp.md, and docs/bring-your-own-worker.md, \"On GCP\"). Use --target local or --target containers for rig verify.";
+pub const GCP_REFUSAL: &str = "rig verify --target gcp is refused: a run injects faults from outside (it kills the worker and the event store, freezes GCS, sets fault labels on the raw subscription) and records what our own Pub/Sub service sees, and neither is possible on GCP. Without injected faults, a worker is checked on GCP through the acceptance resources of dev and staging: `rig validate --target gcp` and `rig scenarios --target gcp --environment staging --project PROJECT` do it for the reference worker (docs/gcp.md); docs/bring-your-own-worker.md (\"On GCP\") says how a worker of your own is checked there. For rig verify use --target local or --target containers.";
 
 /// Where the plan comes from.
 #[derive(Debug, Clone)]
