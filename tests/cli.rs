@@ -126,6 +126,19 @@ fn assert_printed_env_works(vars: &HashMap<String, String>) {
             "`rig up` did not print {name}: {vars:?}"
         );
     }
+    // What a worker reads and writes, from the dev Terraform (docs/bring-your-own-worker.md).
+    for (name, value) in [
+        ("BACKBONE_RAW_SUBSCRIPTION", "events.raw.worker"),
+        ("BACKBONE_MERGED_TOPIC", "events.merged"),
+        ("BACKBONE_DEAD_LETTER_TOPIC", "events.dlq"),
+        ("BACKBONE_MAX_DELIVERY_ATTEMPTS", "5"),
+    ] {
+        assert_eq!(
+            vars.get(name).map(String::as_str),
+            Some(value),
+            "`rig up` did not print {name}: {vars:?}"
+        );
+    }
     let worker = DbConfig::from_lookup(EVENT_STORE_PREFIX, |k| vars.get(k).cloned())
         .expect("DB_EVENT_STORE_* as printed");
     let app =

@@ -3,67 +3,23 @@
 //! (docs/reliability.md).
 
 mod support;
-use support::processes::signal;
 use support::{deployed, dev_topology};
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rig_events::envelope::{self};
 use rig_events::event_store::{EventStore, NewEvent};
 use rig_events::worker::{NoFaults, WorkerOptions};
+use rig_harness::targets::{Service, ServiceControl};
 use scenarios::fixtures::{self, Aggregate};
 use scenarios::support::{Collector, RunningWorker, wait_for};
 
-/// A server process restarted by a test with its original command line (its `--init-file` is
-/// gone by then: the first start deleted it); killed when dropped.
-struct Respawned(Child);
-
-impl Drop for Respawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn pid_of(backbone: &rig_harness::backbone::Backbone, name: &str) -> u32 {
+/// What the target does to its own services: kill, restart, freeze, thaw.
+fn control(backbone: &rig_harness::backbone::Backbone) -> &dyn ServiceControl {
     backbone
-        .processes()
-        .into_iter()
-        .find(|(n, _, _)| n == name)
-        .map(|(_, pid, _)| pid)
-        .unwrap_or_else(|| panic!("no {name} among {:?}", backbone.processes()))
-}
-
-/// SIGKILLs the event store server; returns its command line, for [`restart_database`].
-fn kill_database(pid: u32) -> Vec<String> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the server's cmdline");
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    signal(pid, libc::SIGKILL);
-    args
-}
-
-/// Starts the killed event store server again on the same datadir and port.
-fn restart_database(args: &[String]) -> Respawned {
-    let log = std::fs::File::create(std::env::temp_dir().join(format!(
-        "rig-reliability-respawn-{}.log",
-        std::process::id()
-    )))
-    .expect("a log for the restarted server");
-    Respawned(
-        Command::new(&args[0])
-            .args(args[1..].iter().filter(|a| !a.starts_with("--init-file=")))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("restarting the event store server"),
-    )
+        .control()
+        .expect("the local target controls its services")
 }
 
 /// Faults while the worker runs: GCS unavailable (stopped) during claim-check uploads and
@@ -88,8 +44,7 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
         .worker_subscription(&options.dead_letter_topic)
         .map(|s| s.name.clone())
         .expect("a subscription on the dead-letter topic");
-    let gcs = pid_of(&backbone, "fake-gcs-server");
-    let database = pid_of(&backbone, "event-store-db");
+    let services = control(&backbone);
     let merged = Collector::start(&env, &merged_subscription).await.unwrap();
     let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
     let inline = rig_events::producer::Producer::connect(&env.connections(), &raw)
@@ -116,10 +71,10 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     // Upload while GCS is stopped: the producer must fail (or not finish), not publish a
     // reference to an object that was never written.
     let first = batch(1, 3);
-    signal(gcs, libc::SIGSTOP);
+    services.freeze(Service::Storage).await.expect("freezing GCS");
     let during_outage =
         tokio::time::timeout(Duration::from_secs(3), claimed.publish_all(&first)).await;
-    signal(gcs, libc::SIGCONT);
+    services.thaw(Service::Storage).await.expect("thawing GCS");
     assert!(
         !matches!(during_outage, Ok(Ok(_))),
         "claim-checked events were published while GCS was stopped"
@@ -140,9 +95,9 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     let second = batch(3, 6);
     claimed.publish_all(&second).await.unwrap();
     events.extend(second);
-    signal(gcs, libc::SIGSTOP);
+    services.freeze(Service::Storage).await.expect("freezing GCS");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    signal(gcs, libc::SIGCONT);
+    services.thaw(Service::Storage).await.expect("thawing GCS");
 
     // The database killed and restarted while inline events flow.
     let third = batch(6, 20);
@@ -154,14 +109,20 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     .await;
     // Killed, then a batch published while it is down, so appends fail mid-stream (a fast
     // Pub/Sub would drain a batch published before the kill in milliseconds).
-    let server = kill_database(database);
+    services
+        .kill(Service::EventStore)
+        .await
+        .expect("killing the event store");
     let fourth = batch(20, 70);
     inline.publish_all(&fourth).await.unwrap();
     events.extend(fourth);
     // Down longer than the pool's 10 s acquire timeout: a shorter outage can be absorbed by
     // an append waiting for a connection, and then nothing is nacked.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let _restarted = restart_database(&server);
+    services
+        .restart(Service::EventStore)
+        .await
+        .expect("restarting the event store");
 
     let total = events.len();
     let settled = wait_for(Duration::from_secs(90), || async {
@@ -246,7 +207,7 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
         .worker_subscription(&options.dead_letter_topic)
         .map(|s| s.name.clone())
         .expect("a subscription on the dead-letter topic");
-    let database = pid_of(&backbone, "event-store-db");
+    let services = control(&backbone);
     let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
     let events: Vec<NewEvent> = (1..=30)
         .flat_map(|seq| {
@@ -278,9 +239,15 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
     .await;
     // Stopped with the rest in flight: the worker's appends hang on the frozen server.
     producer.publish_all(&events[100..]).await.unwrap();
-    signal(database, libc::SIGSTOP);
+    services
+        .freeze(Service::EventStore)
+        .await
+        .expect("freezing the event store");
     tokio::time::sleep(Duration::from_secs(u64::from(ACK_DEADLINE) + 5)).await;
-    signal(database, libc::SIGCONT);
+    services
+        .thaw(Service::EventStore)
+        .await
+        .expect("thawing the event store");
     let total = events.len();
     let settled = wait_for(Duration::from_secs(60), || async {
         store.count().await.unwrap_or(0) as usize >= total

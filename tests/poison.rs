@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
-use rig_events::envelope::{self, ClaimRef};
+use rig_events::envelope;
 use rig_events::event_store::{Appended, EventStore, NewEvent};
 use rig_events::storage::StorageConnection;
 use rig_events::worker::{NoFaults, WorkerOptions};
@@ -45,145 +45,28 @@ fn corpus() -> Vec<Case> {
     cases
 }
 
-fn hex_bytes(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex in the corpus"))
-        .collect()
-}
-
-/// The body a case describes (`data`, `data_hex`, or `data_parts` as [text, repeat] pairs).
-fn body(spec: &Value) -> Option<Vec<u8>> {
-    if let Some(text) = spec.get("data").and_then(Value::as_str) {
-        return Some(text.as_bytes().to_vec());
-    }
-    if let Some(hex) = spec.get("data_hex").and_then(Value::as_str) {
-        return Some(hex_bytes(hex));
-    }
-    spec.get("data_parts")
-        .and_then(Value::as_array)
-        .map(|parts| {
-            parts
-                .iter()
-                .flat_map(|p| {
-                    let text = p[0].as_str().expect("a data part's text");
-                    text.repeat(p[1].as_u64().expect("a repeat count") as usize)
-                        .into_bytes()
-                })
-                .collect()
-        })
-}
-
-fn expand(text: &str, event: &NewEvent, bucket: &str) -> String {
-    text.replace(
-        "{EVENT_ID_UPPER}",
-        &event.event_id.hyphenated().to_string().to_uppercase(),
-    )
-    .replace("{EVENT_ID_SIMPLE}", &event.event_id.simple().to_string())
-    .replace("{EVENT_ID}", &event.event_id.hyphenated().to_string())
-    .replace("{BUCKET}", bucket)
-}
-
-/// Builds a case's message from a valid event (uploading claim objects it needs).
+/// Builds a case's message from a valid event (`rig_harness::verify::poison`, as `rig verify`
+/// does), uploading the claim object it needs.
 async fn hostile_message(
     case: &Case,
     event: &NewEvent,
     bucket: &str,
     storage: &google_cloud_storage::client::Storage,
 ) -> Message {
-    let spec = &case.spec;
-    let mut message = envelope::inline_message(event);
-    if let Some(claim) = spec.get("claim") {
-        let uploaded: Option<Vec<u8>> = claim
-            .get("upload")
-            .and_then(Value::as_str)
-            .map(|t| t.as_bytes().to_vec())
-            .or_else(|| {
-                claim
-                    .get("upload_hex")
-                    .and_then(Value::as_str)
-                    .map(hex_bytes)
-            });
-        let object = claim
-            .get("object")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("events/bad/{}/{}.json", case.name, event.event_id));
-        let content = uploaded
-            .clone()
-            .unwrap_or_else(|| event.payload.as_bytes().to_vec());
-        let reference = ClaimRef {
-            bucket: claim
-                .get("bucket")
-                .and_then(Value::as_str)
-                .unwrap_or(bucket)
-                .to_string(),
-            object: object.clone(),
-            size: content.len() as u64,
-            sha256: claim
-                .get("sha256_of")
-                .and_then(Value::as_str)
-                .map(|t| envelope::sha256_hex(t.as_bytes()))
-                .unwrap_or_else(|| envelope::sha256_hex(&content)),
-        };
-        if let Some(bytes) = uploaded {
-            storage
-                .write_object(
-                    StorageConnection::bucket_path(bucket),
-                    object,
-                    bytes::Bytes::from(bytes),
-                )
-                .send_buffered()
-                .await
-                .unwrap_or_else(|e| panic!("{}: uploading its claim object: {e}", case.name));
-        }
-        message = envelope::claim_message(event, &reference);
-        for (attribute, key) in [
-            (envelope::PAYLOAD_SIZE, "size"),
-            (envelope::PAYLOAD_SHA256, "sha256"),
-            (envelope::PAYLOAD_REF, "ref"),
-        ] {
-            if let Some(v) = claim.get(key).and_then(Value::as_str) {
-                message
-                    .attributes
-                    .insert(attribute.into(), expand(v, event, bucket));
-            }
-        }
-        for name in claim
-            .get("remove_claim")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            message.attributes.remove(name.as_str().unwrap_or_default());
-        }
-        if let Some(inline) = claim.get("inline").and_then(Value::as_str) {
-            message = message.set_data(inline.to_string());
-        }
+    let built = rig_harness::verify::poison::message(&case.spec, &case.name, event, bucket)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+    if let Some((object, bytes)) = built.upload {
+        storage
+            .write_object(
+                StorageConnection::bucket_path(bucket),
+                object,
+                bytes::Bytes::from(bytes),
+            )
+            .send_buffered()
+            .await
+            .unwrap_or_else(|e| panic!("{}: uploading its claim object: {e}", case.name));
     }
-    if let Some(data) = body(spec) {
-        message = message.set_data(data);
-    }
-    for (name, value) in spec
-        .get("set")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-    {
-        let value = expand(value.as_str().unwrap_or_default(), event, bucket);
-        message.attributes.insert(name.clone(), value);
-    }
-    for name in spec
-        .get("remove")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        message.attributes.remove(name.as_str().unwrap_or_default());
-    }
-    if let Some(key) = spec.get("ordering_key").and_then(Value::as_str) {
-        message = message.set_ordering_key(key.to_string());
-    }
+    let mut message = built.message;
     message.attributes.insert(MARKER.into(), case.name.clone());
     message
 }

@@ -214,6 +214,11 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 5)]
         wait_for_services: u64,
     },
+    /// Check any worker command black-box: bring up an isolated backbone, run the worker as
+    /// child processes, publish a seeded workload, inject faults as the run reaches their
+    /// triggers, record everything, and judge the run (docs/bring-your-own-worker.md). Exit 0
+    /// when every property passes, 1 when one fails, 2 when the run could not be made.
+    Verify(VerifyArgs),
     /// Print the topology the rig reads from the Terraform: topics, each subscription's
     /// settings, the bucket.
     #[command(after_help = TOPOLOGY_EXIT)]
@@ -224,6 +229,61 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The worker's command line, run by `sh -c` from the repository's root, e.g.
+    /// 'php laravel/bin/worker.php'.
+    #[arg(long)]
+    worker: String,
+    /// How many copies of the worker run side by side.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// The seed the plan (workload and fault schedule) expands from (default: from the clock;
+    /// the report says which).
+    #[arg(long, conflicts_with = "plan")]
+    seed: Option<u64>,
+    /// Replay this plan file (a run's DIR/plan.json) instead of expanding a seed.
+    #[arg(long)]
+    plan: Option<std::path::PathBuf>,
+    /// Valid events in the generated plan (producer retries and poison come on top).
+    #[arg(long, conflicts_with = "plan", default_value_t = 10_000)]
+    events: u64,
+    /// Aggregates (ordering keys) in the generated plan.
+    #[arg(long, conflicts_with = "plan")]
+    aggregates: Option<u32>,
+    /// Poison messages from fixtures/bad/ in the generated plan.
+    #[arg(long, conflicts_with = "plan")]
+    poison: Option<u32>,
+    /// The faults of the generated plan, comma-separated (`all`, `none`, or kinds:
+    /// worker_kill, worker_term, event_store_kill, event_store_freeze, gcs_unavailable,
+    /// pubsub_duplicates, pubsub_stream_resets, pubsub_delays, pubsub_lost_acks).
+    #[arg(long, conflicts_with = "plan", default_value = "all")]
+    faults: String,
+    /// How long after the faults heal and the producer finishes the backlog must drain, in
+    /// seconds (the liveness bound).
+    #[arg(long, conflicts_with = "plan")]
+    drain_bound: Option<u64>,
+    /// Where the run's files go (plan.json, history.jsonl, snapshot.json, summary.txt,
+    /// junit.xml, results.json, run.svg, the worker's stdout and stderr).
+    #[arg(long, default_value = "rig-verify")]
+    out: std::path::PathBuf,
+    /// `local` or `containers` (or `auto`). `gcp` is refused with what to do instead.
+    #[arg(long, default_value = "local")]
+    target: TargetKind,
+    /// Which environment's Terraform to provision from.
+    #[arg(long, short, default_value = "dev", env = "BACKBONE_ENVIRONMENT")]
+    environment: String,
+    /// A line on the worker's stdout that says it is ready (besides its first pull).
+    #[arg(long, default_value = "READY")]
+    ready_line: String,
+    /// Ready only when our Pub/Sub service sees the worker pull.
+    #[arg(long)]
+    no_ready_line: bool,
+    /// How long the worker may take to get ready, in seconds.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -364,9 +424,10 @@ impl Signals {
 /// The environment as `export` lines on stdout, and into `env_file` when given.
 fn print_exports(
     env: &rig_harness::environment::Environment,
+    topology: &Topology,
     env_file: Option<&mut EnvFile>,
 ) -> anyhow::Result<()> {
-    let mut vars = env.env_vars();
+    let mut vars = env.worker_env_vars(topology)?;
     if let Some((name, value)) = env_file.as_ref().and_then(|f| f.owner_export()) {
         // First: a reader waits for the DB_PASSWORD line as the last one.
         vars.insert(0, (name, value));
@@ -437,7 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(caught) => return Ok(caught.exit("provisioning stopped")),
             };
             let env = &deployment.environment;
-            print_exports(env, env_file.as_mut())?;
+            print_exports(env, &topology, env_file.as_mut())?;
             eprintln!(
                 "compose stack provisioned in {:.2}s — event store engine: {}",
                 started.elapsed().as_secs_f64(),
@@ -486,7 +547,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(caught) => return Ok(caught.exit("stopped during start-up")),
             };
             let env = &deployment.environment;
-            print_exports(env, env_file.as_mut())?;
+            print_exports(env, &topology, env_file.as_mut())?;
             if let Some(file) = &env_file {
                 eprintln!(
                     "environment written to {}: `source {}` in another shell (removed when this backbone stops)",
@@ -574,6 +635,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Drift(args) => drift(args, &mut signals).await,
+        Command::Verify(args) => verify(args, &mut signals).await,
         Command::Worker {
             environment,
             warn_every,
@@ -656,6 +718,95 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+fn fault_kinds(text: &str) -> Result<Vec<rig_verify::plan::FaultKind>, String> {
+    use rig_verify::plan::FaultKind;
+    match text.trim() {
+        "all" => return Ok(FaultKind::ALL.to_vec()),
+        "none" | "" => return Ok(Vec::new()),
+        _ => {}
+    }
+    text.split(',')
+        .map(|name| {
+            let name = name.trim();
+            FaultKind::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "--faults: unknown fault `{name}`; known: all, none, {}",
+                        FaultKind::ALL.map(|k| k.name()).join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+async fn verify(args: VerifyArgs, signals: &mut Signals) -> anyhow::Result<ExitCode> {
+    use rig_harness::verify::{self, Options, PlanSource};
+    let refuse = |message: String| {
+        eprintln!("error: {message}");
+        Ok(ExitCode::from(2))
+    };
+    let topology = match load_topology(&args.environment) {
+        Ok(t) => t,
+        Err(e) => return refuse(format!("{e:#}")),
+    };
+    let plan = match &args.plan {
+        Some(path) => PlanSource::File(path.clone()),
+        None => {
+            let faults = match fault_kinds(&args.faults) {
+                Ok(f) => f,
+                Err(e) => return refuse(e),
+            };
+            let mut config = rig_verify::plan::PlanConfig {
+                events: args.events,
+                faults,
+                ..Default::default()
+            };
+            if let Some(n) = args.aggregates {
+                config.aggregates = n;
+            }
+            if let Some(n) = args.poison {
+                config.poison = n;
+            }
+            if let Some(s) = args.drain_bound {
+                config.drain_bound_ms = s * 1000;
+            }
+            let seed = args.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs() % 1_000_000)
+            });
+            eprintln!("rig verify: seed {seed}");
+            PlanSource::Seed { seed, config }
+        }
+    };
+    let mut options = Options::new(&args.worker, topology, &args.out);
+    options.replicas = args.replicas;
+    options.plan = plan;
+    options.target = args.target;
+    options.ready_line = (!args.no_ready_line).then_some(args.ready_line);
+    options.ready_timeout = std::time::Duration::from_secs(args.ready_timeout);
+    let outcome = tokio::select! {
+        r = verify::run(&options) => r,
+        caught = signals.next() => {
+            // Dropping the run stopped the worker and the backbone and removed its temp dir.
+            return Ok(caught.exit("rig verify stopped; the worker and the backbone are stopped"));
+        }
+    };
+    match outcome {
+        Ok(outcome) => {
+            print!("{}", outcome.summary);
+            eprintln!(
+                "files in {}: summary.txt, junit.xml, results.json, run.svg, history.jsonl, snapshot.json, plan.json",
+                outcome.out.display()
+            );
+            Ok(ExitCode::from(outcome.exit_code()))
+        }
+        Err(e) => refuse(format!("{e}")),
     }
 }
 

@@ -3,6 +3,8 @@
 
 use anyhow::Context;
 use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::publisher::PublishFuture;
 use google_cloud_storage::client::Storage;
 
 use crate::Connections;
@@ -67,24 +69,52 @@ impl Producer {
         self
     }
 
+    /// The message `publish_all` sends for `event`: the payload inline, or — above the
+    /// threshold — written to the bucket first and referenced (a claim check).
+    pub async fn message(&self, event: &NewEvent) -> anyhow::Result<Message> {
+        let mut message = if event.payload.len() > self.threshold {
+            let claim = claim_check::put(&self.storage, &self.bucket, event)
+                .await
+                .with_context(|| format!("claim check for event {}", event.event_id))?;
+            envelope::claim_message(event, &claim)
+        } else {
+            envelope::inline_message(event)
+        };
+        for (key, value) in &self.extra_attributes {
+            message.attributes.insert(key.clone(), value.clone());
+        }
+        Ok(message)
+    }
+
+    /// Queues one prepared message: calls in order keep each ordering key's order. The
+    /// future resolves to its message id.
+    pub fn publish_message(&self, message: Message) -> PublishFuture {
+        self.publisher.publish(message)
+    }
+
+    /// Sends whatever is queued now instead of waiting for a batch to fill.
+    pub async fn flush(&self) {
+        self.publisher.flush().await;
+    }
+
+    /// After a refused publish the client holds back the rest of that ordering key (to keep
+    /// its order); this lets it go on.
+    pub fn resume(&self, ordering_key: &str) {
+        self.publisher.resume_publish(ordering_key);
+    }
+
+    /// The bucket client, for objects the producer references itself.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// Publishes `events` in order (per ordering key, the order of this slice is the delivery
     /// order) and returns each one's message id.
     pub async fn publish_all(&self, events: &[NewEvent]) -> anyhow::Result<Vec<String>> {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let mut message = if event.payload.len() > self.threshold {
-                let claim = claim_check::put(&self.storage, &self.bucket, event)
-                    .await
-                    .with_context(|| format!("claim check for event {}", event.event_id))?;
-                envelope::claim_message(event, &claim)
-            } else {
-                envelope::inline_message(event)
-            };
-            for (key, value) in &self.extra_attributes {
-                message.attributes.insert(key.clone(), value.clone());
-            }
             // publish() only enqueues: calling it in order keeps each key's order.
-            pending.push(self.publisher.publish(message));
+            pending.push(self.publish_message(self.message(event).await?));
         }
         let mut ids = Vec::with_capacity(pending.len());
         for (event, future) in events.iter().zip(pending) {

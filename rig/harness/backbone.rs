@@ -11,7 +11,7 @@ use rig_topology::Topology;
 use crate::environment::Environment;
 use crate::targets::{
     Capabilities, ContainersBackbone, EnvBackbone, GcpBackbone, GcpOptions, LocalBackbone,
-    Services, Target, TargetKind,
+    ServiceControl, Services, Target, TargetKind,
 };
 
 /// A running (or reached) backbone. Dropping it stops everything its target started.
@@ -195,6 +195,12 @@ impl Backbone {
     /// still hold the backbone: what an interrupted `rig scenarios` does before it exits.
     pub fn abort(&self) {
         self.target.abort();
+    }
+
+    /// How to kill, restart, freeze and thaw the target's services (`None` on a target that
+    /// runs nothing of its own: env, gcp, an attached compose stack).
+    pub fn control(&self) -> Option<&dyn ServiceControl> {
+        self.target.control()
     }
 
     /// Provisions `topology` under `scope` (its own project, databases and bucket) and returns

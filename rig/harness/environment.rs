@@ -7,6 +7,8 @@ use rig_events::event_store::{DbConfig, EVENT_STORE_PREFIX, PRIMARY_PREFIX};
 use rig_events::pubsub::PubsubConnection;
 use rig_events::reach::Endpoint;
 use rig_events::storage::StorageConnection;
+use rig_events::worker::WorkerOptions;
+use rig_topology::Topology;
 
 /// One deployed backbone: a Pub/Sub project, a bucket, an event store database and a primary
 /// database, with the credentials of each role.
@@ -122,6 +124,38 @@ pub fn db_endpoint(prefix: &str, service: &str, config: &DbConfig, remedy: &str)
         },
         remedy,
     )
+}
+
+/// The variables naming what a worker reads and writes, from the Terraform.
+pub const RAW_SUBSCRIPTION_VAR: &str = "BACKBONE_RAW_SUBSCRIPTION";
+pub const MERGED_TOPIC_VAR: &str = "BACKBONE_MERGED_TOPIC";
+pub const DEAD_LETTER_TOPIC_VAR: &str = "BACKBONE_DEAD_LETTER_TOPIC";
+pub const MAX_DELIVERY_ATTEMPTS_VAR: &str = "BACKBONE_MAX_DELIVERY_ATTEMPTS";
+
+impl Environment {
+    /// [`Environment::env_vars`] and what a worker takes from the Terraform: its subscription
+    /// on the raw topic, the merged and dead-letter topics, and the subscription's
+    /// dead-letter attempts (docs/bring-your-own-worker.md). What `rig up` exports.
+    pub fn worker_env_vars(&self, topology: &Topology) -> anyhow::Result<Vec<(String, String)>> {
+        let worker = WorkerOptions::from_topology(topology)?;
+        let mut names = vec![
+            (RAW_SUBSCRIPTION_VAR.to_string(), worker.subscription),
+            (MERGED_TOPIC_VAR.into(), worker.merged_topic),
+            (DEAD_LETTER_TOPIC_VAR.into(), worker.dead_letter_topic),
+        ];
+        if let Some(attempts) = worker.max_delivery_attempts {
+            names.push((MAX_DELIVERY_ATTEMPTS_VAR.into(), attempts.to_string()));
+        }
+        // Beside the bucket, before the database credentials: `DB_PASSWORD` stays the last
+        // line `rig up` prints, which scripts wait for.
+        let mut vars = self.env_vars();
+        let at = vars
+            .iter()
+            .position(|(k, _)| k == "BACKBONE_PAYLOAD_BUCKET")
+            .map_or(vars.len(), |i| i + 1);
+        vars.splice(at..at, names);
+        Ok(vars)
+    }
 }
 
 /// `export NAME='value'` with the value quoted for POSIX shells.

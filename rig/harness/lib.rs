@@ -3,7 +3,7 @@
 //!
 //! Data flows one way: Terraform ([`rig_topology`]) → [`targets`] (services) →
 //! [`provision`] → [`environment::Environment`] (endpoints, credentials) → clients
-//! ([`rig_events`]) → [`validate`] / scenarios → [`report`]. [`backbone::Backbone`] is where a
+//! ([`rig_events`]) → [`validate`] / [`verify`] / scenarios → [`report`]. [`backbone::Backbone`] is where a
 //! caller enters: it chooses the target and provisions on it. See ARCHITECTURE.md.
 //!
 //! Architecture invariant: targets only start or reach services and never create what is on
@@ -23,4 +23,5 @@ pub mod report;
 pub mod services;
 pub mod targets;
 pub mod validate;
+pub mod verify;
 pub mod worker;

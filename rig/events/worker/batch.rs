@@ -872,6 +872,7 @@ mod tests {
                 key_batch: super::super::KEY_BATCH,
                 block_timeout: Duration::from_secs(15),
                 verify_claims: true,
+                lease_extension: super::super::LEASE_EXTENSION,
                 acceptance: None,
             };
             Rig {

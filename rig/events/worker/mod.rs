@@ -69,6 +69,12 @@ const PUBLISHED_MEMORY: usize = 100_000;
 /// busy key yields to the others and its statement stays small.
 pub const KEY_BATCH: usize = 100;
 
+/// How far the worker's client extends a lease at a time: the least Pub/Sub takes. The client
+/// keeps extending while a message is in hand (a stalled database holds nothing up), and a
+/// crashed worker's keys go to its replacement after this long rather than the client's
+/// default minute (measured: a SIGKILL with the default held every key for 57 s).
+pub const LEASE_EXTENSION: Duration = Duration::from_secs(10);
+
 /// What the worker reads and writes, taken from the Terraform topology.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -90,6 +96,10 @@ pub struct WorkerOptions {
     /// Check claim-checked payloads against their size and SHA-256. Only the scenarios'
     /// mutation test turns this off, to show the oversized-payload scenario catches it.
     pub verify_claims: bool,
+    /// How far the client extends a lease at a time ([`LEASE_EXTENSION`]): what a crash costs,
+    /// since a dead worker's messages — and on an ordered subscription every later message of
+    /// their keys — come back only once their lease runs out.
+    pub lease_extension: Duration,
     /// Staging acceptance: process only this run's probes (see the module docs).
     pub acceptance: Option<AcceptanceMode>,
 }
@@ -131,6 +141,7 @@ impl WorkerOptions {
                 .map_or(Duration::from_secs(600), |r| r.maximum_backoff)
                 + Duration::from_secs(5),
             verify_claims: true,
+            lease_extension: LEASE_EXTENSION,
             acceptance: None,
         })
     }
@@ -323,6 +334,7 @@ impl Worker {
         let mut stream = subscriber
             .subscribe(path.clone())
             .set_max_outstanding_messages(20_000i64)
+            .set_max_lease_extension(self.core.options.lease_extension)
             .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
             .build();
         let shutdown_token = stream.shutdown_token();

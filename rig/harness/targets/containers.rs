@@ -14,7 +14,7 @@ use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
-use super::{Capabilities, Services, Target};
+use super::{Capabilities, ControlFuture, Service, ServiceControl, Services, Target};
 use crate::containers::{self, Images, PubsubImage, split_image};
 use crate::services::{free_port, http_ok};
 use rig_events::event_store::{APP_USER, DbConfig, WORKER_USER, trusted_sql};
@@ -186,21 +186,45 @@ pub fn engine_label(version: &str, source: &str) -> String {
     }
 }
 
+/// Where a MySQL container keeps its data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Datadir {
+    /// In memory: gone when the container stops.
+    Tmpfs,
+    /// On the image's volume, on a fixed host port: the server can be killed and started
+    /// again (`ServiceControl`) with its data, where its clients left it.
+    Volume,
+}
+
 async fn start_mysql(
     reference: &str,
     service: &'static str,
     root_password: &str,
+    datadir: Datadir,
 ) -> anyhow::Result<(Running, MySqlConnectOptions, String)> {
-    let container = image(reference)
+    // A restart must come back where its clients reconnect: pick the host port first.
+    let host_port = match datadir {
+        Datadir::Tmpfs => None,
+        Datadir::Volume => {
+            Some(free_port().with_context(|| format!("picking a port for {service}"))?)
+        }
+    };
+    let request = image(reference)
         .with_exposed_port(MYSQL_PORT.tcp())
         // mysqld: "ready for connections. Version: '8.4.x'  socket: '…'  port: 3306  MySQL
         // Community Server"; MariaDB: the same words over two lines. The entrypoints' temporary
         // servers (no TCP) say "port: 0".
         .with_wait_for(WaitFor::message_on_stderr("port: 3306  "))
-        .with_env_var("MYSQL_ROOT_PASSWORD", root_password)
-        // The datadir in memory, as the local target's: on the engine's overlay storage InnoDB's
-        // first start took 10x longer (13.7 s against 1.4 s for the stand-in, measured).
-        .with_mount(Mount::tmpfs_mount("/var/lib/mysql"))
+        .with_env_var("MYSQL_ROOT_PASSWORD", root_password);
+    let request = match datadir {
+        // The datadir in memory: on the engine's overlay storage InnoDB's first start took
+        // 10x longer (13.7 s against 1.4 s for the stand-in, measured). A volume is not on
+        // the overlay.
+        Datadir::Tmpfs => request.with_mount(Mount::tmpfs_mount("/var/lib/mysql")),
+        // The image's anonymous volume (removed with the container) outlives a stop.
+        Datadir::Volume => request,
+    };
+    let container = request
         // Flags both engines take: what Cloud SQL's flags and the local target set.
         .with_cmd([
             "--skip-log-bin",
@@ -212,7 +236,7 @@ async fn start_mysql(
             "--innodb-flush-log-at-trx-commit=2",
         ])
         .with_labels(containers::labels(service))
-        .with_host_config_modifier(loopback_only(MYSQL_PORT, None))
+        .with_host_config_modifier(loopback_only(MYSQL_PORT, host_port))
         .with_startup_timeout(START_LIMIT)
         .start()
         .await
@@ -435,11 +459,18 @@ impl ContainersBackbone {
                 Ok((r, timed("fake-gcs-server", started)))
             },
             async {
-                let r = start_mysql(&images.mysql, "event-store-db", &root_password).await?;
+                let r = start_mysql(
+                    &images.mysql,
+                    "event-store-db",
+                    &root_password,
+                    Datadir::Volume,
+                )
+                .await?;
                 Ok((r, timed("event-store-db", started)))
             },
             async {
-                let r = start_mysql(&images.mysql, "primary-db", &root_password).await?;
+                let r = start_mysql(&images.mysql, "primary-db", &root_password, Datadir::Tmpfs)
+                    .await?;
                 Ok((r, timed("primary-db", started)))
             },
         )?;
@@ -540,6 +571,11 @@ impl Target for ContainersBackbone {
         &self.services
     }
 
+    fn control(&self) -> Option<&dyn ServiceControl> {
+        // A compose stack the rig attached to is compose's to stop.
+        (!self.containers.is_empty()).then_some(self as &dyn ServiceControl)
+    }
+
     fn containers(&self) -> Vec<(String, String)> {
         self.containers
             .iter()
@@ -567,6 +603,89 @@ impl Target for ContainersBackbone {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+impl ContainersBackbone {
+    fn container(&self, service: Service) -> anyhow::Result<&Running> {
+        let name = match service {
+            Service::EventStore => "event-store-db",
+            Service::Storage => "fake-gcs-server",
+        };
+        self.containers
+            .iter()
+            .find(|r| r.service == name)
+            .with_context(|| format!("the containers target runs no {name}"))
+    }
+}
+
+impl ServiceControl for ContainersBackbone {
+    fn kill(&self, service: Service) -> ControlFuture<'_> {
+        Box::pin(async move {
+            let running = self.container(service)?;
+            // No grace period: SIGKILL at once, as a crash.
+            running
+                .container
+                .stop_with_timeout(Some(0))
+                .await
+                .with_context(|| {
+                    format!("killing {service} (container {})", running.container.id())
+                })
+        })
+    }
+
+    fn restart(&self, service: Service) -> ControlFuture<'_> {
+        Box::pin(async move {
+            let running = self.container(service)?;
+            running.container.start().await.with_context(|| {
+                format!(
+                    "starting {service} again (container {})",
+                    running.container.id()
+                )
+            })?;
+            let log = || containers::log_tail(running.container.id(), 40);
+            match service {
+                Service::EventStore => {
+                    let admin = self.services.event_store_admin.connect_options();
+                    wait_mysql_root(&admin, running.service, Duration::from_secs(60), log)
+                        .await
+                        .map(|_| ())
+                }
+                Service::Storage => {
+                    let http = reqwest::Client::builder()
+                        .no_proxy()
+                        .build()
+                        .context("building an HTTP client")?;
+                    let endpoint = self.services.storage_endpoint.clone().unwrap_or_default();
+                    wait_http_for(
+                        running.service,
+                        &http,
+                        &format!("{endpoint}/storage/v1/b"),
+                        Duration::from_secs(60),
+                        log,
+                    )
+                    .await
+                }
+            }
+        })
+    }
+
+    fn freeze(&self, service: Service) -> ControlFuture<'_> {
+        Box::pin(async move {
+            let running = self.container(service)?;
+            running.container.pause().await.with_context(|| {
+                format!("pausing {service} (container {})", running.container.id())
+            })
+        })
+    }
+
+    fn thaw(&self, service: Service) -> ControlFuture<'_> {
+        Box::pin(async move {
+            let running = self.container(service)?;
+            running.container.unpause().await.with_context(|| {
+                format!("unpausing {service} (container {})", running.container.id())
+            })
+        })
     }
 }
 

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::workdir::WorkDir;
-use super::{Capabilities, Services, Target};
+use super::{
+    Capabilities, ControlFuture, Service as BackboneService, ServiceControl, Services, Target,
+};
 use crate::process::Service;
 use crate::services::{fake_gcs, mysql, pubsub_emulator};
 use rig_events::event_store::{APP_USER, DbConfig, WORKER_USER};
@@ -19,7 +21,8 @@ pub struct LocalBackbone {
     /// Our own Pub/Sub, in this process (when chosen). Only held: dropping it stops it.
     #[allow(dead_code)]
     pubsub_service: Option<pubsub_service::RunningService>,
-    processes: Vec<Service>,
+    /// Behind a lock because [`ServiceControl`] restarts them in place.
+    processes: std::sync::Mutex<Vec<Service>>,
     services: Services,
     dir: WorkDir,
 }
@@ -201,10 +204,12 @@ impl LocalBackbone {
         };
         Ok(Self {
             pubsub_service,
-            processes: pubsub_process
-                .into_iter()
-                .chain([storage_service, event_store.service, primary.service])
-                .collect(),
+            processes: std::sync::Mutex::new(
+                pubsub_process
+                    .into_iter()
+                    .chain([storage_service, event_store.service, primary.service])
+                    .collect(),
+            ),
             services,
             dir,
         })
@@ -221,21 +226,30 @@ impl Target for LocalBackbone {
     }
 
     fn processes(&self) -> Vec<(String, u32, std::path::PathBuf)> {
-        self.processes
+        let Ok(processes) = self.processes.lock() else {
+            return Vec::new();
+        };
+        processes
             .iter()
             .map(|s| (s.name().to_string(), s.pid(), s.log_path().to_path_buf()))
             .collect()
     }
 
     fn abort(&self) {
-        for process in &self.processes {
+        // Held only briefly, never across an await; a poisoned list still names its processes.
+        let processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        for process in processes.iter() {
             process.kill_group();
         }
+        drop(processes);
         self.dir.remove_now();
     }
 
     fn log_tails(&self, max_bytes: u64) -> String {
-        self.processes
+        let Ok(processes) = self.processes.lock() else {
+            return String::new();
+        };
+        processes
             .iter()
             .map(|s| {
                 format!(
@@ -247,5 +261,107 @@ impl Target for LocalBackbone {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    fn control(&self) -> Option<&dyn ServiceControl> {
+        Some(self)
+    }
+}
+
+/// How long a restarted server may take to answer (MariaDB's crash recovery included).
+const RESTART_LIMIT: Duration = Duration::from_secs(60);
+
+impl LocalBackbone {
+    fn process_name(service: BackboneService) -> &'static str {
+        match service {
+            BackboneService::EventStore => "event-store-db",
+            BackboneService::Storage => "fake-gcs-server",
+        }
+    }
+
+    /// Runs `f` on the named process, under the lock (never across an await).
+    fn with_process<T>(
+        &self,
+        service: BackboneService,
+        f: impl FnOnce(&mut Service) -> std::io::Result<T>,
+    ) -> anyhow::Result<T> {
+        let name = Self::process_name(service);
+        let mut processes = self
+            .processes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the local target's process list is poisoned"))?;
+        let process = processes
+            .iter_mut()
+            .find(|p| p.name() == name)
+            .with_context(|| format!("the local target runs no {name}"))?;
+        f(process).with_context(|| format!("controlling {service} ({name})"))
+    }
+
+    /// Whether `service` answers as its clients use it.
+    async fn answers(&self, service: BackboneService) -> Result<(), String> {
+        match service {
+            BackboneService::EventStore => {
+                use sqlx::{ConnectOptions, Connection};
+                let conn = self
+                    .services
+                    .event_store_admin
+                    .connect_options()
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.close().await.map_err(|e| e.to_string())
+            }
+            BackboneService::Storage => {
+                let endpoint = self
+                    .services
+                    .storage_endpoint
+                    .as_deref()
+                    .unwrap_or_default();
+                let http = rig_events::storage::http_client().map_err(|e| e.to_string())?;
+                crate::services::http_ok(&http, &format!("{endpoint}/storage/v1/b")).await
+            }
+        }
+    }
+}
+
+impl ServiceControl for LocalBackbone {
+    fn kill(&self, service: BackboneService) -> ControlFuture<'_> {
+        Box::pin(async move { self.with_process(service, Service::kill) })
+    }
+
+    fn restart(&self, service: BackboneService) -> ControlFuture<'_> {
+        Box::pin(async move {
+            // The first start's init file created the admin account and is gone: the data
+            // directory already holds the accounts.
+            self.with_process(service, |p| {
+                p.respawn(&|arg| !arg.to_string_lossy().starts_with("--init-file="))
+            })?;
+            let started = Instant::now();
+            loop {
+                if let Some(status) = self.with_process(service, |p| Ok(p.exited()))? {
+                    let (log, tail) = self.with_process(service, |p| {
+                        Ok((p.log_path().display().to_string(), p.log_tail(2000)))
+                    })?;
+                    anyhow::bail!(
+                        "{service} exited while restarting ({status}); last lines of {log}:\n{tail}"
+                    );
+                }
+                match self.answers(service).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if started.elapsed() > RESTART_LIMIT => anyhow::bail!(
+                        "{service} did not answer within {RESTART_LIMIT:?} of its restart (last error: {e})"
+                    ),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+    }
+
+    fn freeze(&self, service: BackboneService) -> ControlFuture<'_> {
+        Box::pin(async move { self.with_process(service, |p| p.freeze(true)) })
+    }
+
+    fn thaw(&self, service: BackboneService) -> ControlFuture<'_> {
+        Box::pin(async move { self.with_process(service, |p| p.freeze(false)) })
     }
 }

@@ -147,4 +147,48 @@ pub trait Target: Send + Sync {
     fn endpoints(&self) -> Vec<Endpoint> {
         Vec::new()
     }
+    /// How to fault this target's services from outside (`rig verify`'s event-store and GCS
+    /// faults); `None` where the rig runs nothing it could stop (env, gcp).
+    fn control(&self) -> Option<&dyn ServiceControl> {
+        None
+    }
+}
+
+/// A backbone service the rig can fault from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// The event store's database server (the ledger).
+    EventStore,
+    /// The storage service (the claim-check bucket).
+    Storage,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Service::EventStore => "the event store server",
+            Service::Storage => "the storage service",
+        })
+    }
+}
+
+/// What [`ServiceControl`] hands back: its work happens on the target's own clients.
+pub type ControlFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'a>>;
+
+/// Kill, restart, freeze and thaw a target's services, as a crash, a restart or a stall of
+/// the real ones would happen. Endpoints and credentials stay the same throughout: a client
+/// that reconnects finds the same server with the same data (the storage service of the local
+/// and containers targets keeps objects in memory, so a restart loses them: a GCS outage is
+/// a freeze).
+pub trait ServiceControl: Send + Sync {
+    /// Stops `service` at once, as a crash would (SIGKILL; `docker stop -t 0`).
+    fn kill(&self, service: Service) -> ControlFuture<'_>;
+    /// Starts a killed `service` again on the same port and data; resolves once it answers.
+    fn restart(&self, service: Service) -> ControlFuture<'_>;
+    /// Freezes `service` (SIGSTOP; `docker pause`): its connections stay open and nothing
+    /// answers until [`ServiceControl::thaw`].
+    fn freeze(&self, service: Service) -> ControlFuture<'_>;
+    /// Lets a frozen `service` run on (SIGCONT; `docker unpause`).
+    fn thaw(&self, service: Service) -> ControlFuture<'_>;
 }

@@ -354,6 +354,10 @@ struct RawMessage<'a> {
     /// When it last became settled.
     settled_ms: Option<u64>,
     forwards: Vec<(u64, u32)>,
+    /// Deliveries that failed (nacked, or their lease ran out): what the dead-letter policy
+    /// counts against its limit. A redelivery because an earlier message of the key failed
+    /// (a revocation) raises the attempt number without failing this message.
+    failures: u32,
 }
 
 /// A valid event: one or more raw messages (producer retries) with the same event_id.
@@ -433,6 +437,7 @@ impl<'a> Index<'a> {
                         last_ms: record.at_ms,
                         settled_ms: None,
                         forwards: Vec::new(),
+                        failures: 0,
                     });
                     index.by_message_id.insert(p.message_id.as_str(), i);
                     if let Some(item) = p.item {
@@ -494,9 +499,25 @@ impl<'a> Index<'a> {
                             Event::Nack(_) => State::Nacked,
                             _ => State::Expired,
                         };
+                        if matches!(m.state, State::Nacked | State::Expired) {
+                            m.failures += 1;
+                        }
                         if m.state.settled() {
                             m.settled_ms = Some(record.at_ms);
                         }
+                    }
+                }
+                Event::Revoked(s) if s.subscription == header.raw_subscription => {
+                    let found = s
+                        .message_id
+                        .as_deref()
+                        .and_then(|id| index.by_message_id.get(id))
+                        .or_else(|| index.ack_ids.get(s.ack_id.as_str()))
+                        .copied();
+                    if let Some(i) = found {
+                        let m = &mut index.raw[i];
+                        m.last_ms = record.at_ms;
+                        m.state = State::Redelivering;
                     }
                 }
                 Event::DeadLetterForward(f) if f.subscription == header.raw_subscription => {
@@ -1357,13 +1378,26 @@ pub fn check(history: &History, snapshot: &Snapshot) -> Verdict {
         } else {
             "the worker"
         };
-        if attempts_then > max_attempts {
+        // The policy forwards on a failed delivery once the attempts reach its limit; on an
+        // ordered subscription the attempts also count redeliveries behind an earlier failure
+        // of the key, so what it must not exceed is the failed deliveries.
+        let late = if from_policy && m.failures > 0 {
+            m.failures > max_attempts
+        } else {
+            attempts_then > max_attempts
+        };
+        if late {
+            let failed = if from_policy {
+                format!(" ({} of them failed)", m.failures)
+            } else {
+                String::new()
+            };
             anomalies.push(index.anomaly(
                 AnomalyKind::DeadLetteredLate,
                 event_id.clone(),
                 Some(&m.publish.ordering_key),
                 &[i],
-                format!("{} was dead-lettered by {who} after {attempts_then} delivery attempts; the subscription allows {max_attempts}; it was {}", index.describe(i), index.story(i)),
+                format!("{} was dead-lettered by {who} after {attempts_then} delivery attempts{failed}; the subscription allows {max_attempts}; it was {}", index.describe(i), index.story(i)),
             ));
         }
         if m.publish.poison.is_none() {
@@ -1657,6 +1691,20 @@ fn figures(
                 {
                     settled[i] = true;
                     backlog_delta[s] -= 1;
+                }
+            }
+            Event::Revoked(x) if x.subscription == header.raw_subscription => {
+                let found = x
+                    .message_id
+                    .as_deref()
+                    .and_then(|id| index.by_message_id.get(id))
+                    .or_else(|| index.ack_ids.get(x.ack_id.as_str()))
+                    .copied();
+                if let Some(i) = found
+                    && settled[i]
+                {
+                    settled[i] = false;
+                    backlog_delta[s] += 1;
                 }
             }
             Event::DeadLetterForward(d) if d.subscription == header.raw_subscription => {

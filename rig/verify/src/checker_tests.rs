@@ -512,6 +512,39 @@ fn poison_left_to_the_subscriptions_policy_passes_without_a_reason() {
             .explanation
             .contains("after 6 delivery attempts")
     );
+    // Redelivered behind an earlier poison of its key (revoked, not failed), the attempt
+    // number runs past the limit; what the policy counts is the five failed deliveries.
+    let mut r = Run::new();
+    r.poison(0, "p1", K);
+    r.deliver(0, 1);
+    r.push(Event::Revoked(Settle {
+        subscription: SUB.into(),
+        ack_id: "a0-1".into(),
+        message_id: Some("m0".into()),
+        ..Settle::default()
+    }));
+    for attempt in 2..=6 {
+        r.deliver(0, attempt);
+        r.settle(0, attempt, Event::Nack);
+    }
+    r.push(Event::DeadLetterForward(DeadLetterForward {
+        subscription: SUB.into(),
+        message_id: "m0".into(),
+        attempts: 6,
+        dead_letter_topic: "events.dlq".into(),
+    }));
+    r.snapshot.dead_letters.push(TopicMessage {
+        message_id: "d0".into(),
+        attributes: [
+            (crate::ITEM_ATTRIBUTE.to_string(), "0".to_string()),
+            (crate::SERVICE_DELIVERY_COUNT.to_string(), "6".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        ..TopicMessage::default()
+    });
+    let v = r.check();
+    assert!(v.passed(), "{:?}", failing(&v));
 }
 
 #[test]
@@ -626,6 +659,23 @@ fn a_lost_ack_leaves_the_message_unsettled_until_it_is_acked_again() {
     assert_eq!(failing(&r.check()), ["never-drains"]);
     r.deliver(2, 2);
     r.settle(2, 2, Event::Ack);
+    assert!(r.check().passed());
+}
+
+#[test]
+fn a_revoked_message_is_unsettled_until_it_is_acked_again() {
+    let mut r = clean();
+    r.push(Event::Revoked(Settle {
+        subscription: SUB.into(),
+        ack_id: "a1-1".into(),
+        message_id: Some("m1".into()),
+        ..Settle::default()
+    }));
+    let v = r.check();
+    assert_eq!(failing(&v), ["never-drains"]);
+    assert_eq!(v.figures.timeline.last().map(|s| s.backlog), Some(1));
+    r.deliver(1, 2);
+    r.settle(1, 2, Event::Ack);
     assert!(r.check().passed());
 }
 

@@ -71,6 +71,10 @@ pub enum Event {
     Extend(Extend),
     /// A lease ran out before its ack.
     Expiry(Settle),
+    /// A later message of an ordering key went back to be delivered again (its lease, or its
+    /// acknowledgement, taken back) because an earlier message of its key failed: it is
+    /// unsettled until redelivered and acked.
+    Revoked(Settle),
     /// The subscription's dead-letter policy forwarded a message.
     DeadLetterForward(DeadLetterForward),
     StreamOpen(StreamOpen),
@@ -217,6 +221,7 @@ pub struct Pull {
     pub subscription: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<u64>,
+    /// How many messages the request asked for at most (what it got are its deliveries).
     pub messages: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,

@@ -709,6 +709,18 @@ pub fn inject(kind: AnomalyKind, history: &mut History, snapshot: &mut Snapshot)
             let max = history.header.max_delivery_attempts;
             if let Some(count) = letter.attributes.get_mut(SERVICE_DELIVERY_COUNT) {
                 *count = (max + 1).to_string();
+                // The policy counts failed deliveries: one more nack than it allows.
+                let Some(item) = letter.attributes.get(ITEM_ATTRIBUTE).cloned() else {
+                    return false;
+                };
+                let message_id = format!("raw-{item}");
+                let Some(at) = history.records.iter().position(|r| {
+                    matches!(&r.event, Event::Nack(s) if s.message_id.as_deref() == Some(&message_id))
+                }) else {
+                    return false;
+                };
+                let again = history.records[at].clone();
+                history.records.insert(at + 1, again);
             } else {
                 // The worker gave up only after the service's attempts ran out.
                 let Some(item) = letter.attributes.get(ITEM_ATTRIBUTE).cloned() else {
