@@ -1,5 +1,6 @@
 //! The Pub/Sub conformance suite: documented behaviours, each checked against every
-//! implementation through the official client, one libtest trial per behaviour ×
+//! implementation through an official client (Google's Rust client, and for the subscriber's
+//! behaviours Google's Python client too: `python::*`), one libtest trial per behaviour ×
 //! implementation (`google_emulator::ordering::per_key_publish_order`, ...), so `cargo nextest
 //! run --test pubsub_conformance` lists and runs each by name.
 //!
@@ -13,6 +14,7 @@
 mod behaviours;
 mod fidelity;
 mod implementation;
+mod python;
 mod scope;
 mod wire;
 
@@ -91,6 +93,17 @@ fn run_trial(
             )));
         }
     };
+    if behaviour.client() == behaviours::Client::Python
+        && let Err(reason) = python::available()
+    {
+        // A prerequisite, not a behaviour: our service's column must not pass without it
+        // (`./x install` installs it); the others say SKIPPED, loudly.
+        if implementation == Implementation::OurService {
+            return Err(Failed::from(reason));
+        }
+        eprintln!("SKIPPED {}: {reason}", behaviour.name);
+        return Ok(Completion::ignored_with(format!("SKIPPED: {reason}")));
+    }
     let begun = Instant::now();
     let scope = scope::Scope::new(
         implementation,

@@ -29,12 +29,16 @@ pub struct Scope {
     subscriptions: SubscriptionAdmin,
     subscriber: Subscriber,
     wire: Wire,
+    http: reqwest::Client,
+    /// `Bearer ...` on real GCP; local implementations take anonymous calls.
+    authorization: Option<String>,
     created: Mutex<Vec<Created>>,
 }
 
 enum Created {
     Topic(String),
     Subscription(String),
+    Snapshot(String),
 }
 
 impl Scope {
@@ -57,15 +61,18 @@ impl Scope {
             project_id,
             implementation: implementation.rig_name(),
         };
-        let (topics, subscriptions, subscriber, wire) = runtime.block_on(async {
+        let (topics, subscriptions, subscriber, wire, authorization) = runtime.block_on(async {
             let topics = conn.topic_admin().await.map_err(|e| e.to_string())?;
             let subscriptions = conn.subscription_admin().await.map_err(|e| e.to_string())?;
             let subscriber = conn.subscriber().await.map_err(|e| e.to_string())?;
-            let wire = match &endpoint.url {
-                Some(url) => Wire::plaintext(url).await?,
-                None => Wire::google(gcp_authorization().await?).await?,
+            let (wire, authorization) = match &endpoint.url {
+                Some(url) => (Wire::plaintext(url).await?, None),
+                None => {
+                    let token = gcp_authorization().await?;
+                    (Wire::google(token.clone()).await?, Some(token))
+                }
             };
-            Ok::<_, String>((topics, subscriptions, subscriber, wire))
+            Ok::<_, String>((topics, subscriptions, subscriber, wire, authorization))
         })?;
         Ok(Self {
             implementation,
@@ -76,8 +83,66 @@ impl Scope {
             subscriptions,
             subscriber,
             wire,
+            http: reqwest::Client::new(),
+            authorization,
             created: Mutex::new(Vec::new()),
         })
+    }
+
+    /// One HTTP/JSON request to the implementation's REST surface (`path` from `/v1/`): the
+    /// status and the answer as JSON (a string when it is not JSON).
+    pub async fn rest(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let base = self
+            .conn
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "https://pubsub.googleapis.com".to_string());
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{base}{path}"))
+            .timeout(PATIENCE);
+        if let Some(token) = &self.authorization {
+            request = request.header("authorization", token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("{method} {path}: reading the answer: {e}"))?;
+        let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok((status, value))
+    }
+
+    /// Remembers a resource made outside the admin helpers, for clean-up on GCP.
+    pub fn created_topic(&self, path: &str) {
+        self.remember(Created::Topic(path.to_string()));
+    }
+
+    pub fn created_subscription(&self, path: &str) {
+        self.remember(Created::Subscription(path.to_string()));
+    }
+
+    pub fn created_snapshot(&self, path: &str) {
+        self.remember(Created::Snapshot(path.to_string()));
+    }
+
+    /// `projects/{project}/snapshots/{prefix}-{name}`.
+    pub fn snapshot_path(&self, name: &str) -> String {
+        format!("projects/{}/snapshots/{}", self.project(), self.id(name))
     }
 
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
@@ -288,10 +353,17 @@ impl Scope {
                         .send()
                         .await
                         .map(|_| ()),
+                    Created::Snapshot(path) => self
+                        .subscriptions
+                        .delete_snapshot()
+                        .set_snapshot(path.clone())
+                        .send()
+                        .await
+                        .map(|_| ()),
                 };
                 if let Err(e) = result {
                     let name = match &resource {
-                        Created::Subscription(p) | Created::Topic(p) => p,
+                        Created::Subscription(p) | Created::Topic(p) | Created::Snapshot(p) => p,
                     };
                     eprintln!("conformance: could not delete {name}: {e}; delete it by hand");
                 }

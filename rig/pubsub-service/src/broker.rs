@@ -768,6 +768,20 @@ impl Broker {
         Ok(out)
     }
 
+    /// Ack ids of a batch that never reached its stream: their messages go back at once.
+    pub fn undelivered(&mut self, subscription: &str, ack_ids: &[String], now: Instant) {
+        let Some(sub) = self.subscriptions.get_mut(subscription) else {
+            return;
+        };
+        let uid = sub.uid;
+        for id in ack_ids {
+            if let Ok(n) = parse_ack_id(id, uid) {
+                sub.undelivered(n, now);
+            }
+        }
+        self.flush(subscription, now);
+    }
+
     pub fn acknowledge(
         &mut self,
         subscription: &str,

@@ -418,6 +418,20 @@ impl PullLoop {
         tx: mpsc::Sender<Result<proto::StreamingPullResponse, Status>>,
         client_gone: tokio_util::sync::CancellationToken,
     ) {
+        // A batch the channel refuses never reached the client: it goes back at once rather
+        // than waiting out its lease on a stream that is gone.
+        let give_back = |returned: mpsc::error::SendError<Result<proto::StreamingPullResponse, Status>>| {
+            if let Ok(response) = returned.0 {
+                let ids: Vec<String> = response
+                    .received_messages
+                    .into_iter()
+                    .map(|r| r.ack_id)
+                    .collect();
+                self.shared
+                    .lock()
+                    .undelivered(&self.subscription, &ids, Instant::now());
+            }
+        };
         let reason = loop {
             if self.shared.stopping.is_cancelled() {
                 let _ = tx
@@ -434,9 +448,10 @@ impl PullLoop {
             let closed = closing.notified();
             tokio::pin!(closed);
             closed.as_mut().enable();
-            match self.step() {
+            match self.step(&tx) {
                 Step::Send(response) => {
-                    if tx.send(Ok(response)).await.is_err() {
+                    if let Err(returned) = tx.send(Ok(response)).await {
+                        give_back(returned);
                         break "the client went away".to_string();
                     }
                 }
@@ -450,9 +465,10 @@ impl PullLoop {
                     tokio::pin!(notified);
                     notified.as_mut().enable();
                     // Re-check after arming, so a publish between step() and here is not missed.
-                    match self.step() {
+                    match self.step(&tx) {
                         Step::Send(response) => {
-                            if tx.send(Ok(response)).await.is_err() {
+                            if let Err(returned) = tx.send(Ok(response)).await {
+                                give_back(returned);
                                 break "the client went away".to_string();
                             }
                             continue;
@@ -481,7 +497,10 @@ impl PullLoop {
             .close_stream(&self.subscription, self.consumer, &reason, Instant::now());
     }
 
-    fn step(&self) -> Step {
+    fn step(&self, tx: &mpsc::Sender<Result<proto::StreamingPullResponse, Status>>) -> Step {
+        if tx.is_closed() {
+            return Step::End(Status::cancelled("The client went away."));
+        }
         let now = Instant::now();
         let mut broker = self.shared.lock();
         let (room, bytes_room, properties, reset) =

@@ -112,6 +112,13 @@ pub enum Event {
         subscription: String,
         ack_id: String,
     },
+    /// A batch leased to a stream could not be sent (the stream was already gone): its
+    /// messages went back at once, the attempt not counted.
+    Undelivered {
+        subscription: String,
+        message_id: String,
+        ack_id: String,
+    },
     /// A lease ran out before an ack: a failed delivery.
     LeaseExpired {
         subscription: String,

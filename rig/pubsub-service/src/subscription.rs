@@ -889,6 +889,23 @@ impl SubscriptionState {
         }
     }
 
+    /// A delivery that never left the service (its stream was gone before the batch was
+    /// sent): the message goes back at once, and the attempt does not count.
+    pub fn undelivered(&mut self, ack_id: u64, now: Instant) {
+        let Some(seq) = self.leases.get(&ack_id).copied() else {
+            return;
+        };
+        self.emit(Transport::GrpcStream, |s| Event::Undelivered {
+            subscription: s.config.name.clone(),
+            message_id: s.leased_message(ack_id).0,
+            ack_id: s.ack_id(ack_id),
+        });
+        if let Some(p) = self.messages.get_mut(&seq) {
+            p.attempts = (p.attempts - 1).max(0);
+        }
+        self.fail(ack_id, now, false, Transport::GrpcStream);
+    }
+
     fn extend(&mut self, ack_id: u64, deadline: Instant) -> bool {
         let Some(seq) = self.leases.get(&ack_id).copied() else {
             return false;

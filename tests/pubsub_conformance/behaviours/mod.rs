@@ -2,19 +2,44 @@
 //! documentation promises, the page that promises it, and a check that observes it through the
 //! official client (plus raw gRPC where that client cannot express the request).
 
+mod acks;
 mod admin;
 mod delivery;
 mod filters;
+mod http_json;
 mod limits;
+mod python;
+mod replay;
+mod resources;
 
 use crate::scope::{Scope, Verdict};
 
 pub struct Behaviour {
-    /// Stable: trial names, the fidelity JSON and docs/fidelity.md key on it.
+    /// Stable: trial names, the fidelity JSON and docs/fidelity.md key on it. Behaviours
+    /// observed through Google's Python client start with `python::`.
     pub name: &'static str,
     pub expectation: &'static str,
     pub source: &'static str,
     pub check: fn(&Scope) -> Verdict,
+}
+
+/// The official client a behaviour is observed through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// google-cloud-pubsub (Rust), with raw gRPC or HTTP where it cannot express a request.
+    Rust,
+    /// google-cloud-pubsub (Python), as a subprocess.
+    Python,
+}
+
+impl Behaviour {
+    pub fn client(&self) -> Client {
+        if self.name.starts_with("python::") {
+            Client::Python
+        } else {
+            Client::Rust
+        }
+    }
 }
 
 pub const ORDERING: &str = "https://cloud.google.com/pubsub/docs/ordering";
@@ -29,13 +54,27 @@ pub const RESOURCE_NAMES: &str =
 pub const DEAD_LETTER_POLICY: &str = "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#deadletterpolicy";
 pub const SUBSCRIPTION_API: &str =
     "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions";
+pub const TOPIC_API: &str = "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.topics";
+pub const ACKNOWLEDGE_REQUEST: &str =
+    "https://cloud.google.com/pubsub/docs/reference/rpc/google.pubsub.v1#acknowledgerequest";
+pub const FLOW_CONTROL: &str = "https://cloud.google.com/pubsub/docs/flow-control-messages";
+pub const DETACH: &str = "https://cloud.google.com/pubsub/docs/detach-subscriptions";
+pub const SUBSCRIBER: &str = "https://cloud.google.com/pubsub/docs/subscriber";
+pub const PUBLISHER: &str = "https://cloud.google.com/pubsub/docs/publisher";
+pub const REPLAY: &str = "https://cloud.google.com/pubsub/docs/replay-overview";
+pub const REST_API: &str = "https://cloud.google.com/pubsub/docs/reference/rest";
 
 pub fn all() -> Vec<Behaviour> {
     let mut all = Vec::new();
     all.extend(delivery::behaviours());
+    all.extend(acks::behaviours());
     all.extend(filters::behaviours());
     all.extend(limits::behaviours());
     all.extend(admin::behaviours());
+    all.extend(resources::behaviours());
+    all.extend(replay::behaviours());
+    all.extend(http_json::behaviours());
+    all.extend(python::behaviours());
     all
 }
 
