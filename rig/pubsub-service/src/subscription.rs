@@ -639,6 +639,13 @@ impl SubscriptionState {
             if let Some(p) = self.messages.get_mut(&later) {
                 p.acked = false;
                 p.available_at = now;
+                // Taken back for an earlier message's failure, not its own: the attempt is
+                // "1 + NACKs + ack deadline exceeds" of this message (ReceivedMessage,
+                // https://cloud.google.com/pubsub/docs/reference/rpc/google.pubsub.v1#receivedmessage),
+                // so the redelivery to come must not count as a new one.
+                if lease.is_some() || was_acked {
+                    p.attempts = (p.attempts - 1).max(0);
+                }
             }
             if lease.is_some() || was_acked {
                 let ack_id = lease.map(|a| self.ack_id(a)).unwrap_or_default();

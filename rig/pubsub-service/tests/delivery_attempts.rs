@@ -13,11 +13,10 @@ use pubsub_service::proto;
 const TOPIC: &str = "projects/attempts/topics/orders";
 const DLQ: &str = "projects/attempts/topics/orders-dlq";
 
-/// Known defect (found by `rig verify`: a PHP worker saw a valid event's fifth attempt after
-/// four redeliveries behind Pub/Sub duplicates, and gave it up): the service counts every
-/// delivery, so `b` arrives with attempt 5 though it was never nacked.
+/// Found by `rig verify`: a PHP worker saw a valid event's fifth attempt after four
+/// redeliveries behind Pub/Sub duplicates, and gave it up, when the service counted every
+/// delivery of `b`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: redeliveries behind an earlier failure of the key raise a message's delivery attempt"]
 async fn a_message_redelivered_behind_an_earlier_failure_keeps_its_attempt() {
     let service = service().await;
     let grpc = Grpc::connect(&service).await;

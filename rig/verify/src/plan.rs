@@ -904,10 +904,10 @@ fn schedule_faults(
                 FaultKind::GcsUnavailable => (Hold::Ms(5_000), vec![]),
                 FaultKind::PubsubDuplicates => (
                     pubsub_hold.clone(),
-                    // 10 %: each duplicate also sends the rest of its key back, and our service
-                    // counts those redeliveries as attempts (a known defect:
-                    // rig/pubsub-service/tests/delivery_attempts.rs), which at 20 % pushed valid
-                    // events to their last attempt.
+                    // 10 %: each duplicate also sends the rest of its key back. Those
+                    // redeliveries no longer raise a message's attempt
+                    // (rig/pubsub-service/tests/delivery_attempts.rs), but a worker's own
+                    // nacks behind them still do; 10 % keeps a run readable.
                     vec![(labels::SEED, seed), (labels::DUPLICATE, "100".into())],
                 ),
                 FaultKind::PubsubStreamResets => (
