@@ -130,9 +130,15 @@ impl Engine {
             ));
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging).map_err(io_err)?;
+            // A tmpdir of its own: a server starting up deletes every `#sql*` file in its
+            // tmpdir as an orphan, so two bootstraps sharing /tmp (two test processes on a
+            // fresh machine) destroyed each other's temporary tables.
+            let tmpdir = std::path::PathBuf::from(format!("{}.tmp", staging.display()));
+            std::fs::create_dir_all(&tmpdir).map_err(io_err)?;
             let output = Command::new(&self.install_db)
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", staging.display()))
+                .arg(format!("--tmpdir={}", tmpdir.display()))
                 .args([
                     "--user=root",
                     "--auth-root-authentication-method=normal",
@@ -140,7 +146,9 @@ impl Engine {
                 ])
                 .output()
                 .map_err(io_err)?;
+            let _ = std::fs::remove_dir_all(&tmpdir);
             if !output.status.success() {
+                let _ = std::fs::remove_dir_all(&staging);
                 return Err(ServiceError::Exited {
                     service: "mariadb-install-db".into(),
                     status: output.status.to_string(),
