@@ -462,3 +462,30 @@ fn licence_expressions_are_read_as_spdx_says() {
     assert!(acceptable("GPL-3.0-only OR MIT"));
     assert!(!acceptable(""));
 }
+
+/// `./x test` runs the `quick` profile, then `faults`: together they must be the whole
+/// suite, each test in exactly one, so `quick`'s filter is `not (` `faults`' filter `)`.
+#[test]
+fn the_quick_and_fault_profiles_split_the_suite_without_overlap_or_gap() {
+    let config = std::fs::read_to_string(root().join(".config/nextest.toml"))
+        .expect(".config/nextest.toml");
+    let filter = |profile: &str| -> String {
+        let section = config
+            .split(&format!("[profile.{profile}]"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no [profile.{profile}] in .config/nextest.toml"));
+        let value = section
+            .split("default-filter = \"\"\"")
+            .nth(1)
+            .and_then(|rest| rest.split("\"\"\"").next())
+            .unwrap_or_else(|| panic!("[profile.{profile}] has no default-filter"));
+        value.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let (quick, faults) = (filter("quick"), filter("faults"));
+    assert!(!faults.is_empty(), "the faults profile selects nothing");
+    assert_eq!(
+        quick,
+        format!("not ( {faults} )"),
+        "the quick profile must be exactly the complement of the faults profile"
+    );
+}
