@@ -217,6 +217,8 @@ fn two_replicas_pass_while_one_is_killed_and_the_other_stopped() {
         26,
         PlanConfig {
             faults: vec![FaultKind::WorkerKill, FaultKind::WorkerTerm],
+            // A killed replica's keys come back only when its 10 s leases run out.
+            drain_bound_ms: 30_000,
             ..no_faults()
         },
     );
