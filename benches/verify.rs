@@ -24,7 +24,11 @@ fn main() -> Result<(), String> {
     let topology = Topology::of_repository("dev").map_err(|e| format!("the dev topology: {e}"))?;
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/verify-bench");
     let _ = std::fs::remove_dir_all(&out);
-    let mut options = Options::new(&format!("{} worker", env!("CARGO_BIN_EXE_rig")), topology, &out);
+    let mut options = Options::new(
+        &format!("{} worker", env!("CARGO_BIN_EXE_rig")),
+        topology,
+        &out,
+    );
     let config = PlanConfig::default();
     println!(
         "rig verify, reference worker (`rig worker`), local target, seed {seed}: {} events on {} keys, {} poison, faults {}",
@@ -60,14 +64,24 @@ fn main() -> Result<(), String> {
     let late = outcome.faults.iter().filter(|f| f.late).count();
     println!(
         "total {wall:.1} s (goal ≤ {GOAL_SECONDS:.0} s: {}), {} faults injected ({late} late), load before {}",
-        if wall <= GOAL_SECONDS { "met" } else { "MISSED" },
+        if wall <= GOAL_SECONDS {
+            "met"
+        } else {
+            "MISSED"
+        },
         outcome.faults.len(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     print!("{}", outcome.summary);
     if outcome.passed() {
         Ok(())
     } else {
-        Err(format!("a property failed; see {}", out.join("summary.txt").display()))
+        Err(format!(
+            "a property failed; see {}",
+            out.join("summary.txt").display()
+        ))
     }
 }

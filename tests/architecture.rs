@@ -467,8 +467,8 @@ fn licence_expressions_are_read_as_spdx_says() {
 /// suite, each test in exactly one, so `quick`'s filter is `not (` `faults`' filter `)`.
 #[test]
 fn the_quick_and_fault_profiles_split_the_suite_without_overlap_or_gap() {
-    let config = std::fs::read_to_string(root().join(".config/nextest.toml"))
-        .expect(".config/nextest.toml");
+    let config =
+        std::fs::read_to_string(root().join(".config/nextest.toml")).expect(".config/nextest.toml");
     let filter = |profile: &str| -> String {
         let section = config
             .split(&format!("[profile.{profile}]"))

@@ -287,7 +287,10 @@ fn validate_on_servers_that_never_answer_names_them_within_seconds() {
     assert_named_quickly(
         &output,
         took,
-        &["PUBSUB_EMULATOR_HOST=", "DB_EVENT_STORE_HOST/DB_EVENT_STORE_PORT="],
+        &[
+            "PUBSUB_EMULATOR_HOST=",
+            "DB_EVENT_STORE_HOST/DB_EVENT_STORE_PORT=",
+        ],
     );
     assert!(text(&output.stderr).contains("no answer within"));
 }
@@ -544,31 +547,33 @@ fn parse_exports(text: &str) -> HashMap<String, String> {
 }
 
 fn up_with_env_file(file: &Path, tmp: &Path) -> Up {
-    let mut child = the_rig()
-        .args(["up", "--env-file"])
-        .arg(file)
-        .env("TMPDIR", tmp)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting rig up");
-    let stdout = child.stdout.take().expect("piped stdout");
+    // Held by `Up` from the start: a failed assertion below still kills and reaps it.
+    let mut up = Up {
+        child: the_rig()
+            .args(["up", "--env-file"])
+            .arg(file)
+            .env("TMPDIR", tmp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting rig up"),
+        file: file.to_path_buf(),
+        vars: HashMap::new(),
+    };
+    let stdout = up.child.stdout.take().expect("piped stdout");
     let printed = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
         .any(|l| l.starts_with("export DB_PASSWORD="));
     assert!(printed, "rig up printed no environment");
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mark = format!("export RIG_BACKBONE_PID='{}'", child.id());
+    let mark = format!("export RIG_BACKBONE_PID='{}'", up.child.id());
     loop {
         let contents = std::fs::read_to_string(file).unwrap_or_default();
         if contents.contains(&mark) && contents.contains("DB_PASSWORD=") {
-            return Up {
-                child,
-                file: file.to_path_buf(),
-                vars: parse_exports(&contents),
-            };
+            up.vars = parse_exports(&contents);
+            return up;
         }
         assert!(Instant::now() < deadline, "the env file was not written");
         std::thread::sleep(Duration::from_millis(20));

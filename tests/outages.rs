@@ -71,7 +71,10 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     // Upload while GCS is stopped: the producer must fail (or not finish), not publish a
     // reference to an object that was never written.
     let first = batch(1, 3);
-    services.freeze(Service::Storage).await.expect("freezing GCS");
+    services
+        .freeze(Service::Storage)
+        .await
+        .expect("freezing GCS");
     let during_outage =
         tokio::time::timeout(Duration::from_secs(3), claimed.publish_all(&first)).await;
     services.thaw(Service::Storage).await.expect("thawing GCS");
@@ -95,7 +98,10 @@ async fn gcs_outages_and_a_database_restart_lose_nothing() {
     let second = batch(3, 6);
     claimed.publish_all(&second).await.unwrap();
     events.extend(second);
-    services.freeze(Service::Storage).await.expect("freezing GCS");
+    services
+        .freeze(Service::Storage)
+        .await
+        .expect("freezing GCS");
     tokio::time::sleep(Duration::from_secs(3)).await;
     services.thaw(Service::Storage).await.expect("thawing GCS");
 

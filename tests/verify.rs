@@ -236,7 +236,10 @@ fn two_replicas_pass_while_one_is_killed_and_the_other_stopped() {
     started.sort_unstable();
     started.dedup();
     assert_eq!(started, [0, 1], "{test}: both replicas ran");
-    assert_eq!(outcome.verdict.figures.worker_starts, 4, "{test}: two starts, two restarts");
+    assert_eq!(
+        outcome.verdict.figures.worker_starts, 4,
+        "{test}: two starts, two restarts"
+    );
 }
 
 /// Poison nacked on every delivery and left to the subscription's dead-letter policy (its

@@ -48,7 +48,7 @@ impl Connections {
                 problems.push(format!("{name} is not set: {hint}"));
             }
         }
-        let event_store = DbConfig::from_lookup(EVENT_STORE_PREFIX, &var);
+        let event_store = DbConfig::from_lookup(EVENT_STORE_PREFIX, var);
         let emulator = var("PUBSUB_EMULATOR_HOST");
         let implementation = match (&emulator, var(crate::pubsub::RIG_PUBSUB)) {
             (None, _) => Ok(PubsubImplementation::Google),

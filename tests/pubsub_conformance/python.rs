@@ -22,13 +22,18 @@ pub fn available() -> Result<(), String> {
             let out = Command::new("python3")
                 .args(["-c", "import google.cloud.pubsub_v1"])
                 .output()
-                .map_err(|e| format!("python3 cannot run ({e}): install Python 3, then {INSTALL}"))?;
+                .map_err(|e| {
+                    format!("python3 cannot run ({e}): install Python 3, then {INSTALL}")
+                })?;
             if out.status.success() {
                 Ok(())
             } else {
                 Err(format!(
                     "Google's Python client is not installed: {INSTALL} ({})",
-                    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
                 ))
             }
         })

@@ -38,27 +38,37 @@ pub enum WorkerError {
         source: std::io::Error,
     },
     #[error(
-        "the worker `{command}` (replica {replica}) exited before it was ready ({status}); the last lines of its stderr ({stderr}):\n{tail}"
+        "the worker `{}` (replica {}) exited before it was ready ({}); the last lines of its stderr ({}):\n{}",
+        .0.command, .0.replica, .0.status, .0.stderr, .0.tail
     )]
-    ExitedAtStart {
-        command: String,
-        replica: u32,
-        status: String,
-        stderr: String,
-        tail: String,
-    },
+    ExitedAtStart(Box<ExitedAtStart>),
     #[error(
-        "the worker `{command}` (replica {replica}) was not ready within {waited:?}: it neither opened a stream on nor pulled {subscription}{line}. Raise --ready-timeout if it starts slowly. The last lines of its stderr ({stderr}):\n{tail}"
+        "the worker `{}` (replica {}) was not ready within {:?}: it neither opened a stream on nor pulled {}{}. Raise --ready-timeout if it starts slowly. The last lines of its stderr ({}):\n{}",
+        .0.command, .0.replica, .0.waited, .0.subscription, .0.line, .0.stderr, .0.tail
     )]
-    NotReady {
-        command: String,
-        replica: u32,
-        waited: Duration,
-        subscription: String,
-        line: String,
-        stderr: String,
-        tail: String,
-    },
+    NotReady(Box<NotReady>),
+}
+
+/// A replica that exited before it was ready: what it was and what it said.
+#[derive(Debug)]
+pub struct ExitedAtStart {
+    pub command: String,
+    pub replica: u32,
+    pub status: String,
+    pub stderr: String,
+    pub tail: String,
+}
+
+/// A replica that neither pulled nor printed its ready line in time.
+#[derive(Debug)]
+pub struct NotReady {
+    pub command: String,
+    pub replica: u32,
+    pub waited: Duration,
+    pub subscription: String,
+    pub line: String,
+    pub stderr: String,
+    pub tail: String,
 }
 
 /// A worker command line that names something runnable.
@@ -386,38 +396,41 @@ pub async fn start_ready(
             journal.record(Event::WorkerReady(WorkerReady { replica, via }));
             return Ok(());
         }
-        let mut w = lock(workers);
-        if let Some(status) = w.reap(replica) {
-            w.record_exit(replica, status, false);
+        let exited = {
+            let mut w = lock(workers);
+            let exited = w.reap(replica);
+            if let Some(status) = exited {
+                w.record_exit(replica, status, false);
+            } else if started.elapsed() > timeout {
+                w.kill(replica);
+                return Err(WorkerError::NotReady(Box::new(NotReady {
+                    command: w.command().to_string(),
+                    replica,
+                    waited: timeout,
+                    subscription: w.spec.subscription.clone(),
+                    line: w
+                        .spec
+                        .ready_line
+                        .as_ref()
+                        .map_or_else(String::new, |l| format!(" nor printed `{l}` on stdout")),
+                    stderr: w.stderr_path(replica).display().to_string(),
+                    tail: w.stderr_tail(replica),
+                })));
+            }
+            exited
+        };
+        if let Some(status) = exited {
             // What it wrote last may still be on its way to the file.
-            drop(w);
             tokio::time::sleep(Duration::from_millis(100)).await;
             let w = lock(workers);
-            return Err(WorkerError::ExitedAtStart {
+            return Err(WorkerError::ExitedAtStart(Box::new(ExitedAtStart {
                 command: w.command().to_string(),
                 replica,
                 status: status.to_string(),
                 stderr: w.stderr_path(replica).display().to_string(),
                 tail: w.stderr_tail(replica),
-            });
+            })));
         }
-        if started.elapsed() > timeout {
-            w.kill(replica);
-            return Err(WorkerError::NotReady {
-                command: w.command().to_string(),
-                replica,
-                waited: timeout,
-                subscription: w.spec.subscription.clone(),
-                line: w
-                    .spec
-                    .ready_line
-                    .as_ref()
-                    .map_or_else(String::new, |l| format!(" nor printed `{l}` on stdout")),
-                stderr: w.stderr_path(replica).display().to_string(),
-                tail: w.stderr_tail(replica),
-            });
-        }
-        drop(w);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -420,18 +420,19 @@ impl PullLoop {
     ) {
         // A batch the channel refuses never reached the client: it goes back at once rather
         // than waiting out its lease on a stream that is gone.
-        let give_back = |returned: mpsc::error::SendError<Result<proto::StreamingPullResponse, Status>>| {
-            if let Ok(response) = returned.0 {
-                let ids: Vec<String> = response
-                    .received_messages
-                    .into_iter()
-                    .map(|r| r.ack_id)
-                    .collect();
-                self.shared
-                    .lock()
-                    .undelivered(&self.subscription, &ids, Instant::now());
-            }
-        };
+        let give_back =
+            |returned: mpsc::error::SendError<Result<proto::StreamingPullResponse, Status>>| {
+                if let Ok(response) = returned.0 {
+                    let ids: Vec<String> = response
+                        .received_messages
+                        .into_iter()
+                        .map(|r| r.ack_id)
+                        .collect();
+                    self.shared
+                        .lock()
+                        .undelivered(&self.subscription, &ids, Instant::now());
+                }
+            };
         let reason = loop {
             if self.shared.stopping.is_cancelled() {
                 let _ = tx

@@ -143,7 +143,10 @@ fn unary_pull_holds_the_key(scope: &Scope) -> Verdict {
             .await?;
         scope
             .wire()
-            .publish(&topic, vec![keyed("d1", "d"), keyed("d2", "d"), keyed("d3", "d")])
+            .publish(
+                &topic,
+                vec![keyed("d1", "d"), keyed("d2", "d"), keyed("d3", "d")],
+            )
             .await
             .map_err(|e| format!("publish: {e}"))?;
         let mut first = Vec::new();
@@ -160,7 +163,10 @@ fn unary_pull_holds_the_key(scope: &Scope) -> Verdict {
         }
         let mut findings = Findings::default();
         findings.check(first.iter().map(text).collect::<Vec<_>>() == ["d1"], || {
-            format!("the first pull of one got {:?}", first.iter().map(text).collect::<Vec<_>>())
+            format!(
+                "the first pull of one got {:?}",
+                first.iter().map(text).collect::<Vec<_>>()
+            )
         });
         let during = scope
             .wire()
@@ -218,7 +224,10 @@ fn flow_control(scope: &Scope) -> Verdict {
         }
         let mut findings = Findings::default();
         findings.check(held.len() == 2, || {
-            format!("{} messages arrived unacknowledged with flow control of 2", held.len())
+            format!(
+                "{} messages arrived unacknowledged with flow control of 2",
+                held.len()
+            )
         });
         if let Some((_, handler)) = held.pop() {
             handler.ack();

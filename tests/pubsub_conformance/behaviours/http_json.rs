@@ -50,26 +50,40 @@ fn enums_and_durations(scope: &Scope) -> Verdict {
             )
             .await?;
         if status != 200 {
-            return Err(format!("creating the subscription over HTTP: {status} {created}"));
+            return Err(format!(
+                "creating the subscription over HTTP: {status} {created}"
+            ));
         }
         scope.created_subscription(&scope.subscription_path("json-enums"));
         let mut findings = Findings::default();
         let (_, sub) = scope
-            .rest(Method::GET, &v1(scope, &format!("subscriptions/{sub_id}")), None)
+            .rest(
+                Method::GET,
+                &v1(scope, &format!("subscriptions/{sub_id}")),
+                None,
+            )
             .await?;
         findings.check(sub["state"] == "ACTIVE", || {
             format!("subscription state reads {}", sub["state"])
         });
         findings.check(sub["retryPolicy"]["minimumBackoff"] == "2.500s", || {
-            format!("minimumBackoff reads {}", sub["retryPolicy"]["minimumBackoff"])
+            format!(
+                "minimumBackoff reads {}",
+                sub["retryPolicy"]["minimumBackoff"]
+            )
         });
         findings.check(sub["retryPolicy"]["maximumBackoff"] == "10s", || {
-            format!("maximumBackoff reads {}", sub["retryPolicy"]["maximumBackoff"])
+            format!(
+                "maximumBackoff reads {}",
+                sub["retryPolicy"]["maximumBackoff"]
+            )
         });
         let (_, t) = scope
             .rest(Method::GET, &format!("/v1/{topic}"), None)
             .await?;
-        findings.check(t["state"] == "ACTIVE", || format!("topic state reads {}", t["state"]));
+        findings.check(t["state"] == "ACTIVE", || {
+            format!("topic state reads {}", t["state"])
+        });
         findings.verdict()
     })
 }
@@ -102,12 +116,17 @@ fn base64_alphabets(scope: &Scope) -> Verdict {
             .map(|m| m.data.clone())
             .unwrap_or_default();
         if let Some(r) = got.first() {
-            let _ = scope.wire().acknowledge(&sub.name, vec![r.ack_id.clone()]).await;
+            let _ = scope
+                .wire()
+                .acknowledge(&sub.name, vec![r.ack_id.clone()])
+                .await;
         }
         if data == [0xfb, 0xff, 0xbf] {
             Ok(())
         } else {
-            Err(format!("published -_-_ (0xfb 0xff 0xbf), delivered {data:02x?}"))
+            Err(format!(
+                "published -_-_ (0xfb 0xff 0xbf), delivered {data:02x?}"
+            ))
         }
     })
 }
@@ -117,7 +136,11 @@ fn unknown_fields(scope: &Scope) -> Verdict {
         let topic = scope.create_topic("json-unknown").await?;
         let mut findings = Findings::default();
         for (what, name, body) in [
-            ("at the top level", "json-unknown-a", json!({"topic": topic, "colour": "red"})),
+            (
+                "at the top level",
+                "json-unknown-a",
+                json!({"topic": topic, "colour": "red"}),
+            ),
             (
                 "nested",
                 "json-unknown-b",
@@ -126,7 +149,11 @@ fn unknown_fields(scope: &Scope) -> Verdict {
         ] {
             let id = scope.id(name);
             let (status, answer) = scope
-                .rest(Method::PUT, &v1(scope, &format!("subscriptions/{id}")), Some(body))
+                .rest(
+                    Method::PUT,
+                    &v1(scope, &format!("subscriptions/{id}")),
+                    Some(body),
+                )
                 .await?;
             if status == 200 {
                 scope.created_subscription(&scope.subscription_path(name));

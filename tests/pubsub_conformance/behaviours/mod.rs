@@ -54,7 +54,8 @@ pub const RESOURCE_NAMES: &str =
 pub const DEAD_LETTER_POLICY: &str = "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#deadletterpolicy";
 pub const SUBSCRIPTION_API: &str =
     "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions";
-pub const TOPIC_API: &str = "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.topics";
+pub const TOPIC_API: &str =
+    "https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.topics";
 pub const ACKNOWLEDGE_REQUEST: &str =
     "https://cloud.google.com/pubsub/docs/reference/rpc/google.pubsub.v1#acknowledgerequest";
 pub const FLOW_CONTROL: &str = "https://cloud.google.com/pubsub/docs/flow-control-messages";

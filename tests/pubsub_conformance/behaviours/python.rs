@@ -176,7 +176,10 @@ fn nacked_message_redelivered(scope: &Scope) -> Verdict {
         if data == ["m", "m"] {
             Ok(())
         } else {
-            Err(format!("expected m nacked, then m again and acked [{}]", summary(&all)))
+            Err(format!(
+                "expected m nacked, then m again and acked [{}]",
+                summary(&all)
+            ))
         }
     })
 }
@@ -224,7 +227,9 @@ fn dead_letter(scope: &Scope) -> Verdict {
         findings.check(copy["attributes"]["origin"] == "test", || {
             "the message's own attribute was not kept".to_string()
         });
-        findings.verdict().map_err(|e| format!("{e} [{}]", summary(&all)))
+        findings
+            .verdict()
+            .map_err(|e| format!("{e} [{}]", summary(&all)))
     })
 }
 
@@ -246,7 +251,9 @@ fn flow_control(scope: &Scope) -> Verdict {
         });
         let acked = result["acked"].as_array().map_or(0, Vec::len);
         findings.check(acked == 6, || format!("{acked} of 6 messages processed"));
-        findings.verdict().map_err(|e| format!("{e} [{}]", summary(&all)))
+        findings
+            .verdict()
+            .map_err(|e| format!("{e} [{}]", summary(&all)))
     })
 }
 
@@ -289,7 +296,10 @@ fn exactly_once(scope: &Scope) -> Verdict {
         let result = python::run(scope, spec, Duration::from_secs(120)).await?;
         let mut findings = Findings::default();
         findings.check(result["deliveries"] == json!(["once"]), || {
-            format!("delivered {}; expected once, never again after the ack", result["deliveries"])
+            format!(
+                "delivered {}; expected once, never again after the ack",
+                result["deliveries"]
+            )
         });
         findings.check(result["ack"] == "SUCCESS", || {
             format!("ack_with_response gave {}", result["ack"])

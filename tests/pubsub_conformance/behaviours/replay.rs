@@ -45,9 +45,12 @@ pub fn behaviours() -> Vec<Behaviour> {
 /// restores that a closing stream takes are only redelivered after their lease.
 async fn drain(scope: &Scope, sub: &str) -> Streamed {
     let streamed = scope
-        .stream(sub, Duration::from_secs(15), Duration::from_secs(3), |_, _| {
-            Decision::Ack
-        })
+        .stream(
+            sub,
+            Duration::from_secs(15),
+            Duration::from_secs(3),
+            |_, _| Decision::Ack,
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     streamed
@@ -75,7 +78,11 @@ async fn seek_time(scope: &Scope, sub: &str, at: Timestamp) -> Result<(), String
         .map_err(|e| format!("Seek to a time: {e}"))
 }
 
-async fn seek_snapshot(scope: &Scope, sub: &str, snapshot: &str) -> Result<(), google_cloud_pubsub::Error> {
+async fn seek_snapshot(
+    scope: &Scope,
+    sub: &str,
+    snapshot: &str,
+) -> Result<(), google_cloud_pubsub::Error> {
     scope
         .subscriptions()
         .seek()
@@ -87,7 +94,12 @@ async fn seek_snapshot(scope: &Scope, sub: &str, snapshot: &str) -> Result<(), g
 }
 
 /// Publishes `data` and returns the publish time the subscriber saw.
-async fn publish_and_time(scope: &Scope, topic: &str, sub: &str, data: &str) -> Result<Timestamp, String> {
+async fn publish_and_time(
+    scope: &Scope,
+    topic: &str,
+    sub: &str,
+    data: &str,
+) -> Result<Timestamp, String> {
     scope.publish(topic, vec![message(data)]).await?;
     let subscriber = scope.conn.subscriber().await.map_err(|e| e.to_string())?;
     let mut stream = subscriber.subscribe(sub.to_string()).build();
@@ -96,9 +108,13 @@ async fn publish_and_time(scope: &Scope, topic: &str, sub: &str, data: &str) -> 
             handler.ack();
             drop(stream);
             tokio::time::sleep(Duration::from_secs(1)).await;
-            m.publish_time.ok_or_else(|| format!("{data} has no publish time"))
+            m.publish_time
+                .ok_or_else(|| format!("{data} has no publish time"))
         }
-        other => Err(format!("receiving {data}: {:?}", other.map(|o| o.map(|r| r.is_ok())))),
+        other => Err(format!(
+            "receiving {data}: {:?}",
+            other.map(|o| o.map(|r| r.is_ok()))
+        )),
     }
 }
 
@@ -178,7 +194,10 @@ fn topic_retention(scope: &Scope) -> Verdict {
         seek_time(scope, &late.name, shifted(&published, -1)).await?;
         let replayed = drain(scope, &late.name).await;
         findings.check(datas(&replayed) == ["early"], || {
-            format!("the late subscription, sought to before the publish, got {:?}", datas(&replayed))
+            format!(
+                "the late subscription, sought to before the publish, got {:?}",
+                datas(&replayed)
+            )
         });
         findings.verdict()
     })
@@ -229,7 +248,10 @@ fn snapshot_restores(scope: &Scope) -> Verdict {
         scope.publish(&topic, vec![message("after")]).await?;
         let consumed = drain(scope, &sub.name).await;
         findings.check(datas(&consumed) == ["unacked", "after"], || {
-            format!("before the seek the subscription delivered {:?}", datas(&consumed))
+            format!(
+                "before the seek the subscription delivered {:?}",
+                datas(&consumed)
+            )
         });
         seek_snapshot(scope, &sub.name, &snap.name)
             .await
@@ -244,7 +266,10 @@ fn snapshot_restores(scope: &Scope) -> Verdict {
             .map_err(|e| format!("Seek of another subscription to the snapshot: {e}"))?;
         let copied = drain(scope, &other.name).await;
         findings.check(datas(&copied) == ["unacked", "after"], || {
-            format!("another subscription, sought to the snapshot, delivered {:?}", datas(&copied))
+            format!(
+                "another subscription, sought to the snapshot, delivered {:?}",
+                datas(&copied)
+            )
         });
         findings.verdict()
     })
@@ -268,7 +293,9 @@ fn snapshot_lifecycle(scope: &Scope) -> Verdict {
         findings.check(snap.expire_time.is_some(), || "no expire_time".to_string());
         findings.add(expect_code(
             "CreateSnapshot with a taken name",
-            create_snapshot(scope, "life", &sub.name).await.map_err(|e| code_of(&e)),
+            create_snapshot(scope, "life", &sub.name)
+                .await
+                .map_err(|e| code_of(&e)),
             Code::AlreadyExists,
         ));
         findings.add(expect_code(
@@ -285,7 +312,9 @@ fn snapshot_lifecycle(scope: &Scope) -> Verdict {
             .send()
             .await
             .map_err(|e| format!("GetSnapshot: {e}"))?;
-        findings.check(got.topic == topic, || format!("GetSnapshot's topic {:?}", got.topic));
+        findings.check(got.topic == topic, || {
+            format!("GetSnapshot's topic {:?}", got.topic)
+        });
         let listed = scope
             .subscriptions()
             .list_snapshots()

@@ -83,11 +83,19 @@ fn defaults_reported(scope: &Scope) -> Verdict {
         });
         findings.check(
             got.message_retention_duration == Some(seconds(7 * 24 * 3600)),
-            || format!("retention {:?}, expected 7 days", got.message_retention_duration),
+            || {
+                format!(
+                    "retention {:?}, expected 7 days",
+                    got.message_retention_duration
+                )
+            },
         );
-        let ttl = got.expiration_policy.as_ref().and_then(|p| p.ttl.clone());
+        let ttl = got.expiration_policy.as_ref().and_then(|p| p.ttl);
         findings.check(ttl == Some(seconds(31 * 24 * 3600)), || {
-            format!("expiration policy {:?}, expected a ttl of 31 days", got.expiration_policy)
+            format!(
+                "expiration policy {:?}, expected a ttl of 31 days",
+                got.expiration_policy
+            )
         });
         findings.verdict()
     })
@@ -123,10 +131,16 @@ fn retention_bounds(scope: &Scope) -> Verdict {
                 .await;
             if ok {
                 findings.check(topic.is_ok(), || {
-                    format!("topic retention {secs}s refused: {:?}", topic.as_ref().err())
+                    format!(
+                        "topic retention {secs}s refused: {:?}",
+                        topic.as_ref().err()
+                    )
                 });
                 findings.check(sub.is_ok(), || {
-                    format!("subscription retention {secs}s refused: {:?}", sub.as_ref().err())
+                    format!(
+                        "subscription retention {secs}s refused: {:?}",
+                        sub.as_ref().err()
+                    )
                 });
             } else {
                 findings.add(expect_code(
@@ -210,7 +224,9 @@ fn fan_out(scope: &Scope) -> Verdict {
             (&late, vec!["second"]),
         ] {
             let streamed = scope
-                .stream(&sub.name, PATIENCE, Duration::from_secs(3), |_, _| Decision::Ack)
+                .stream(&sub.name, PATIENCE, Duration::from_secs(3), |_, _| {
+                    Decision::Ack
+                })
                 .await;
             let mut got: Vec<String> = streamed.deliveries.iter().map(|d| d.data.clone()).collect();
             got.sort();
@@ -236,9 +252,10 @@ fn ids_and_publish_time(scope: &Scope) -> Verdict {
             .await?;
         let mut findings = Findings::default();
         let distinct: HashSet<&String> = ids.iter().collect();
-        findings.check(distinct.len() == 3 && ids.iter().all(|i| !i.is_empty()), || {
-            format!("message ids {ids:?}")
-        });
+        findings.check(
+            distinct.len() == 3 && ids.iter().all(|i| !i.is_empty()),
+            || format!("message ids {ids:?}"),
+        );
         let subscriber = scope.conn.subscriber().await.map_err(|e| e.to_string())?;
         let mut stream = subscriber.subscribe(sub.name.clone()).build();
         let mut seen = Vec::new();
@@ -252,7 +269,9 @@ fn ids_and_publish_time(scope: &Scope) -> Verdict {
                     handler.ack();
                 }
                 other => {
-                    findings.check(false, || format!("receiving: {:?}", other.map(|o| o.map(|r| r.is_ok()))));
+                    findings.check(false, || {
+                        format!("receiving: {:?}", other.map(|o| o.map(|r| r.is_ok())))
+                    });
                     break;
                 }
             }
