@@ -11,6 +11,11 @@
 //!
 //! `cargo bench --bench pubsub`; `RIG_BENCH_MESSAGES` changes the stream's message count.
 //! Skips the emulator's half, saying why, when Java or the emulator is missing.
+//!
+//! Against an earlier build of the service, in the same run: `RIG_BENCH_PUBSUB_BASELINE=PATH`
+//! (a `pubsub-service` binary built from another commit, run as `PATH --port P`) measures it
+//! and this build three times each, alternately, and prints the medians and their ratio; how
+//! to build one is in docs/performance.md.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -109,6 +114,9 @@ async fn compare() -> anyhow::Result<()> {
         figures?
     };
     report("pubsub-service", &ours);
+    if let Some(baseline) = std::env::var_os("RIG_BENCH_PUBSUB_BASELINE") {
+        against_baseline(std::path::Path::new(&baseline), messages).await?;
+    }
 
     let emulator = match (
         pubsub_emulator::locate_java(),
@@ -322,4 +330,58 @@ async fn publish(
         p.await?;
     }
     Ok(())
+}
+
+/// This build's service and an earlier build's, three rounds each, alternately (so a noisy
+/// minute hits both): the medians of the ordered stream's rate and the held RSS, and ratios.
+async fn against_baseline(baseline: &std::path::Path, messages: usize) -> anyhow::Result<()> {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..3 {
+        ours.push(run_child(Command::new(std::env::current_exe()?).env(CHILD, "1"), None, messages).await?);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut command = Command::new(baseline);
+        command.arg("--port").arg(port.to_string());
+        theirs.push(run_child(&mut command, Some(port), messages).await?);
+    }
+    let median = |v: &[Figures], f: fn(&Figures) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let (rate_ours, rate_base) = (median(&ours, |f| f.stream_rate), median(&theirs, |f| f.stream_rate));
+    let (rss_ours, rss_base) = (median(&ours, |f| f.rss_held_mb), median(&theirs, |f| f.rss_held_mb));
+    println!(
+        "against the baseline {} (3 rounds each, alternately, medians): one ordered stream {rate_ours:.0} vs {rate_base:.0} msg/s = {:.2}x; RSS holding {HELD_MESSAGES} x 1 KB {rss_ours:.1} vs {rss_base:.1} MB = {:.2}x",
+        baseline.display(),
+        rate_ours / rate_base,
+        rss_ours / rss_base
+    );
+    Ok(())
+}
+
+/// Starts a service process (this binary as the child, or a baseline binary on `port`),
+/// waits for its port, measures it and stops it.
+async fn run_child(
+    command: &mut Command,
+    port: Option<u16>,
+    messages: usize,
+) -> anyhow::Result<Figures> {
+    let started = Instant::now();
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    let mut line = String::new();
+    BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    )
+    .read_line(&mut line)?;
+    let port = match port {
+        Some(p) => p,
+        None => line.trim().parse()?,
+    };
+    let figures = measure(&format!("http://127.0.0.1:{port}"), child.id(), started, messages).await;
+    stop(&mut child);
+    figures
 }
