@@ -338,8 +338,17 @@ async fn against_baseline(baseline: &std::path::Path, messages: usize) -> anyhow
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for _ in 0..3 {
-        ours.push(run_child(Command::new(std::env::current_exe()?).env(CHILD, "1"), None, messages).await?);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        ours.push(
+            run_child(
+                Command::new(std::env::current_exe()?).env(CHILD, "1"),
+                None,
+                messages,
+            )
+            .await?,
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut command = Command::new(baseline);
         command.arg("--port").arg(port.to_string());
         theirs.push(run_child(&mut command, Some(port), messages).await?);
@@ -349,8 +358,14 @@ async fn against_baseline(baseline: &std::path::Path, messages: usize) -> anyhow
         x.sort_by(f64::total_cmp);
         x[x.len() / 2]
     };
-    let (rate_ours, rate_base) = (median(&ours, |f| f.stream_rate), median(&theirs, |f| f.stream_rate));
-    let (rss_ours, rss_base) = (median(&ours, |f| f.rss_held_mb), median(&theirs, |f| f.rss_held_mb));
+    let (rate_ours, rate_base) = (
+        median(&ours, |f| f.stream_rate),
+        median(&theirs, |f| f.stream_rate),
+    );
+    let (rss_ours, rss_base) = (
+        median(&ours, |f| f.rss_held_mb),
+        median(&theirs, |f| f.rss_held_mb),
+    );
     println!(
         "against the baseline {} (3 rounds each, alternately, medians): one ordered stream {rate_ours:.0} vs {rate_base:.0} msg/s = {:.2}x; RSS holding {HELD_MESSAGES} x 1 KB {rss_ours:.1} vs {rss_base:.1} MB = {:.2}x",
         baseline.display(),
@@ -368,7 +383,10 @@ async fn run_child(
     messages: usize,
 ) -> anyhow::Result<Figures> {
     let started = Instant::now();
-    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut line = String::new();
     BufReader::new(
         child
@@ -381,7 +399,13 @@ async fn run_child(
         Some(p) => p,
         None => line.trim().parse()?,
     };
-    let figures = measure(&format!("http://127.0.0.1:{port}"), child.id(), started, messages).await;
+    let figures = measure(
+        &format!("http://127.0.0.1:{port}"),
+        child.id(),
+        started,
+        messages,
+    )
+    .await;
     stop(&mut child);
     figures
 }

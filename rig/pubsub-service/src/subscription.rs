@@ -86,6 +86,8 @@ struct Lease {
 #[derive(Debug)]
 struct Pending {
     message: Arc<PubsubMessage>,
+    /// `limits::message_bytes` of the message, for flow control: taken once, not per lease.
+    bytes: u64,
     published: Instant,
     attempts: i32,
     available_at: Instant,
@@ -284,6 +286,7 @@ impl SubscriptionState {
         self.messages.insert(
             seq,
             Pending {
+                bytes: limits::message_bytes(&message) as u64,
                 message,
                 published,
                 attempts: 0,
@@ -348,10 +351,11 @@ impl SubscriptionState {
         }
     }
 
-    fn message_key(&self, seq: u64) -> Option<String> {
+    /// The message `seq`, when it is ordered by a key: its Arc lends the key (a refcount,
+    /// not a copy of the key, on every delivery and acknowledgement).
+    fn keyed_message(&self, seq: u64) -> Option<Arc<PubsubMessage>> {
         let p = self.messages.get(&seq)?;
-        (self.ordered() && !p.message.ordering_key.is_empty())
-            .then(|| p.message.ordering_key.clone())
+        (self.ordered() && !p.message.ordering_key.is_empty()).then(|| Arc::clone(&p.message))
     }
 
     /// Leases up to `max_messages` deliverable messages (and about `max_bytes`) to
@@ -389,11 +393,11 @@ impl SubscriptionState {
             if at > now {
                 break;
             }
-            let key = self.message_key(seq);
-            if let Some(k) = &key
+            let keyed = self.keyed_message(seq);
+            if let Some(m) = &keyed
                 && self
                     .keys
-                    .get(k)
+                    .get(&m.ordering_key)
                     .and_then(|q| q.consumer)
                     .is_some_and(|c| c != consumer_id)
             {
@@ -417,7 +421,7 @@ impl SubscriptionState {
                 consumer: consumer_id,
                 transport,
             });
-            let size = limits::message_bytes(&p.message) as u64;
+            let size = p.bytes;
             bytes += size;
             let delivered = ReceivedMessage {
                 ack_id,
@@ -431,12 +435,13 @@ impl SubscriptionState {
                 o.messages += 1;
                 o.bytes += size;
             }
-            if let Some(key) = key {
-                if let Some(q) = self.keys.get_mut(&key) {
+            if let Some(m) = keyed {
+                let key = &m.ordering_key;
+                if let Some(q) = self.keys.get_mut(key) {
                     q.delivered += 1;
                     q.consumer = Some(consumer_id);
                 }
-                self.schedule_key(&key);
+                self.schedule_key(key);
             }
             self.emit(transport, |s| Event::Deliver {
                 subscription: s.config.name.clone(),
@@ -536,7 +541,7 @@ impl SubscriptionState {
         let p = self.messages.get_mut(&seq)?;
         let lease = p.lease.take()?;
         self.deadlines.remove(&(lease.deadline, ack_id));
-        let size = limits::message_bytes(&p.message) as u64;
+        let size = p.bytes;
         if let Some(o) = self.consumers.get_mut(&lease.consumer) {
             o.messages = o.messages.saturating_sub(1);
             o.bytes = o.bytes.saturating_sub(size);
@@ -562,7 +567,7 @@ impl SubscriptionState {
             }
             Failure::Redeliver
         };
-        let key = self.message_key(seq);
+        let key = self.keyed_message(seq).map(|m| m.ordering_key.clone());
         let dead = match failure {
             Failure::DeadLetter(d) => {
                 self.emit(transport, |s| {
@@ -757,8 +762,8 @@ impl SubscriptionState {
         let Some(seq) = self.release(ack_id) else {
             return Settled::Stale;
         };
-        match self.message_key(seq) {
-            Some(key) => self.ack_ordered(&key, seq, now),
+        match self.keyed_message(seq) {
+            Some(message) => self.ack_ordered(&message.ordering_key, seq, now),
             None => {
                 self.unschedule_message(seq);
                 self.settle_message(seq, now);
