@@ -434,7 +434,6 @@ pub async fn preflight(
     event_store: Option<&DbConfig>,
 ) -> Result<(), rig_harness::backbone::Unready> {
     use rig_events::reach::Endpoint;
-    use rig_harness::backbone::Unready;
     let overridden = [
         &endpoints.pubsub,
         &endpoints.storage,
@@ -465,30 +464,7 @@ pub async fn preflight(
         ));
     }
     let needs_google = overridden.iter().any(|e| e.is_none());
-    let (credentials, reached) = tokio::join!(
-        async {
-            if needs_google {
-                rig_events::adc::probe().await.map(Some)
-            } else {
-                Ok(None)
-            }
-        },
-        rig_events::reach::probe_all(&probed),
-    );
-    match (credentials, reached) {
-        (Ok(source), Ok(())) => {
-            if let Some(source) = source {
-                tracing::info!("Google credentials from {source}");
-            }
-            Ok(())
-        }
-        (Err(c), Ok(())) => Err(Unready::Credentials(c)),
-        (Ok(_), Err(u)) => Err(Unready::Unreachable(u)),
-        (Err(credentials), Err(unreachable)) => Err(Unready::Both {
-            credentials,
-            unreachable,
-        }),
-    }
+    rig_harness::backbone::probe(needs_google, &probed).await
 }
 
 /// `rig validate --target gcp`: the epic's validation through the acceptance resources in dev

@@ -106,10 +106,10 @@ impl Connections {
                 remedy,
             ));
         }
-        endpoints.push(Endpoint::mysql(
-            format!("{EVENT_STORE_PREFIX}HOST/{EVENT_STORE_PREFIX}PORT"),
+        endpoints.push(db_endpoint(
+            EVENT_STORE_PREFIX,
             "the event store's database server",
-            format!("{}:{}", self.event_store.host, self.event_store.port),
+            &self.event_store,
             remedy,
         ));
         endpoints
@@ -119,6 +119,20 @@ impl Connections {
     pub fn uses_google(&self) -> bool {
         !self.pubsub.is_emulator() || !self.storage.is_emulator()
     }
+}
+
+/// A database server's endpoint, named by its `{prefix}HOST`/`{prefix}PORT` variables.
+pub fn db_endpoint(prefix: &str, service: &str, config: &DbConfig, remedy: &str) -> Endpoint {
+    Endpoint::mysql(
+        format!("{prefix}HOST/{prefix}PORT"),
+        service,
+        if config.host.contains(':') && !config.host.starts_with('[') {
+            format!("[{}]:{}", config.host, config.port)
+        } else {
+            format!("{}:{}", config.host, config.port)
+        },
+        remedy,
+    )
 }
 
 #[cfg(test)]

@@ -19,4 +19,4 @@ pub mod reach;
 pub mod storage;
 pub mod worker;
 
-pub use connections::Connections;
+pub use connections::{Connections, db_endpoint};

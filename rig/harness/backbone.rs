@@ -100,30 +100,7 @@ impl Backbone {
         let needs_google =
             services.pubsub_endpoint.is_none() || services.storage_endpoint.is_none();
         let endpoints = self.target.endpoints();
-        let (credentials, reached) = tokio::join!(
-            async {
-                if needs_google {
-                    rig_events::adc::probe().await.map(Some)
-                } else {
-                    Ok(None)
-                }
-            },
-            rig_events::reach::probe_all(&endpoints),
-        );
-        match (credentials, reached) {
-            (Ok(source), Ok(())) => {
-                if let Some(source) = source {
-                    tracing::info!("Google credentials from {source}");
-                }
-                Ok(())
-            }
-            (Err(credentials), Ok(())) => Err(Unready::Credentials(credentials)),
-            (Ok(_), Err(unreachable)) => Err(Unready::Unreachable(unreachable)),
-            (Err(credentials), Err(unreachable)) => Err(Unready::Both {
-                credentials,
-                unreachable,
-            }),
-        }
+        probe(needs_google, &endpoints).await
     }
 
     /// Starts `kind` and deploys `scope` of `topology` on it: what `rig up`, `rig validate`,
@@ -239,6 +216,40 @@ impl Backbone {
         e.context(format!(
             "provisioning failed; service logs (last lines):\n{logs}"
         ))
+    }
+}
+
+/// Asks, at the same time, whether every endpoint of `endpoints` answers and, when
+/// `needs_google`, whether Application Default Credentials give a token: each within seconds,
+/// both named when both fail. What every command pointed at a backbone it did not start does
+/// before it waits on anything (here, in `rig drift` and `rig worker`).
+pub async fn probe(
+    needs_google: bool,
+    endpoints: &[rig_events::reach::Endpoint],
+) -> Result<(), Unready> {
+    let (credentials, reached) = tokio::join!(
+        async {
+            if needs_google {
+                rig_events::adc::probe().await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+        rig_events::reach::probe_all(endpoints),
+    );
+    match (credentials, reached) {
+        (Ok(source), Ok(())) => {
+            if let Some(source) = source {
+                tracing::info!("Google credentials from {source}");
+            }
+            Ok(())
+        }
+        (Err(credentials), Ok(())) => Err(Unready::Credentials(credentials)),
+        (Ok(_), Err(unreachable)) => Err(Unready::Unreachable(unreachable)),
+        (Err(credentials), Err(unreachable)) => Err(Unready::Both {
+            credentials,
+            unreachable,
+        }),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::targets::Capabilities;
 use rig_events::Connections;
+pub use rig_events::db_endpoint;
 use rig_events::event_store::{DbConfig, EVENT_STORE_PREFIX, PRIMARY_PREFIX};
 use rig_events::pubsub::PubsubConnection;
 use rig_events::reach::Endpoint;
@@ -52,29 +53,7 @@ impl Environment {
     /// Google's own endpoints are vouched for by credentials instead), named by the variables
     /// `rig up` exports for them.
     pub fn endpoints(&self, remedy: &str) -> Vec<Endpoint> {
-        let mut endpoints = Vec::new();
-        if let Some(url) = &self.pubsub.endpoint {
-            endpoints.push(Endpoint::from_url(
-                "PUBSUB_EMULATOR_HOST",
-                format!("Pub/Sub ({})", self.pubsub.implementation),
-                url,
-                remedy,
-            ));
-        }
-        if let Some(url) = &self.storage.endpoint {
-            endpoints.push(Endpoint::from_url(
-                "STORAGE_EMULATOR_HOST",
-                "the storage emulator",
-                url,
-                remedy,
-            ));
-        }
-        endpoints.push(db_endpoint(
-            EVENT_STORE_PREFIX,
-            "the event store's database server",
-            &self.event_store,
-            remedy,
-        ));
+        let mut endpoints = self.connections().endpoints(remedy);
         endpoints.push(db_endpoint(
             PRIMARY_PREFIX,
             "the primary database server",
@@ -110,20 +89,6 @@ impl Environment {
         vars.extend(self.primary.env_vars(PRIMARY_PREFIX));
         vars
     }
-}
-
-/// A database server's endpoint, named by its `{prefix}HOST`/`{prefix}PORT` variables.
-pub fn db_endpoint(prefix: &str, service: &str, config: &DbConfig, remedy: &str) -> Endpoint {
-    Endpoint::mysql(
-        format!("{prefix}HOST/{prefix}PORT"),
-        service,
-        if config.host.contains(':') && !config.host.starts_with('[') {
-            format!("[{}]:{}", config.host, config.port)
-        } else {
-            format!("{}:{}", config.host, config.port)
-        },
-        remedy,
-    )
 }
 
 /// The variables naming what a worker reads and writes, from the Terraform.

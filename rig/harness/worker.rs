@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{ConnectOptions, Connection};
 
-use crate::backbone::Unready;
 use rig_events::Connections;
 use rig_events::event_store::{EVENT_STORE_PREFIX, refusal};
 use rig_topology::Topology;
@@ -42,28 +41,7 @@ pub async fn connections(topology: &Topology) -> anyhow::Result<Connections> {
     }
     let remedy = "start the backbone this environment describes (`rig up --env-file FILE`, then `source FILE`), or correct the variable";
     let endpoints = connections.endpoints(remedy);
-    let (credentials, reached) = tokio::join!(
-        async {
-            if connections.uses_google() {
-                rig_events::adc::probe().await.map(Some)
-            } else {
-                Ok(None)
-            }
-        },
-        rig_events::reach::probe_all(&endpoints),
-    );
-    match (credentials, reached) {
-        (Ok(_), Ok(())) => {}
-        (Err(c), Ok(())) => return Err(Unready::Credentials(c).into()),
-        (Ok(_), Err(u)) => return Err(Unready::Unreachable(u).into()),
-        (Err(credentials), Err(unreachable)) => {
-            return Err(Unready::Both {
-                credentials,
-                unreachable,
-            }
-            .into());
-        }
-    }
+    crate::backbone::probe(connections.uses_google(), &endpoints).await?;
     login(&connections).await?;
     Ok(connections)
 }
