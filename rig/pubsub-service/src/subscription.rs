@@ -155,6 +155,8 @@ pub struct SubscriptionState {
     consumers: HashMap<ConsumerId, Outstanding>,
     /// Acknowledged messages kept for Seek (with `retain_acked_messages`), by sequence.
     retained: BTreeMap<u64, Retained>,
+    /// Reused by every acknowledgement for the messages it settles: no allocation per ack.
+    settling: Vec<u64>,
     /// Whether the project's history is recording; `events` is filled only then.
     pub recording: bool,
     pub events: Vec<(Transport, Event)>,
@@ -184,6 +186,7 @@ impl SubscriptionState {
             keys: HashMap::new(),
             consumers: HashMap::new(),
             retained: BTreeMap::new(),
+            settling: Vec::new(),
             recording: false,
             events: Vec::new(),
         }
@@ -778,13 +781,14 @@ impl SubscriptionState {
     /// resent there); otherwise kept, acknowledged, behind the earlier ones.
     fn ack_ordered(&mut self, key: &str, seq: u64, now: Instant) {
         let exactly_once = self.exactly_once();
+        let mut settled = std::mem::take(&mut self.settling);
+        settled.clear();
         let Some(q) = self.keys.get_mut(key) else {
             return;
         };
         let Some(position) = q.seqs.iter().position(|s| *s == seq) else {
             return;
         };
-        let mut settled = Vec::new();
         if position == 0 || exactly_once {
             q.seqs.remove(position);
             q.delivered = q.delivered.saturating_sub(1);
@@ -810,9 +814,10 @@ impl SubscriptionState {
         {
             q.consumer = None;
         }
-        for s in settled {
+        for &s in &settled {
             self.settle_message(s, now);
         }
+        self.settling = settled;
         self.drop_key_if_empty(key);
         self.schedule_key(key);
     }
