@@ -144,9 +144,15 @@ impl Schedule<'_> {
             Hold::Ms(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
             Hold::Stored(n) => {
                 let until = self.live.stored.load(Ordering::SeqCst) + n;
+                // As many raw messages settled too: a batching worker stores a key's rows in
+                // one INSERT and acks them after, and the acks are what a Pub/Sub fault
+                // (duplicates, lost acks) acts on; a window closed on rows alone saw few.
+                let settled = |r: &Recorder| r.with(|o| o.settled_once);
+                let settled_until = settled(self.recorder) + n;
                 let started = Instant::now();
                 // Bounded: a worker the fault stops never stores the rows it waits for.
-                while self.live.stored.load(Ordering::SeqCst) < until
+                while (self.live.stored.load(Ordering::SeqCst) < until
+                    || settled(self.recorder) < settled_until)
                     && !self.live.idle(self.recorder)
                     && started.elapsed() < self.live.drain_bound
                 {

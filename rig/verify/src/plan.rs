@@ -141,7 +141,7 @@ pub enum Hold {
     Instant,
     /// This many milliseconds (a freeze past the ack deadline).
     Ms(u64),
-    /// Until this many more rows are in the ledger.
+    /// Until this many more rows are in the ledger and as many more raw messages settled.
     Stored(u64),
 }
 
