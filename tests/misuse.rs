@@ -6,8 +6,9 @@
 
 mod support;
 use support::processes::{ProcStat, descendants, signal, still_running, wait_exit};
+use support::rig_dirs;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -117,23 +118,6 @@ fn timed(command: &mut Command) -> (Output, Duration) {
     let started = Instant::now();
     let output = command.output().expect("running the rig");
     (output, started.elapsed())
-}
-
-/// The rig's own temp dirs under `tmp` (the shared datadir template is a cache, not a leak).
-fn rig_dirs(tmp: &Path) -> BTreeSet<PathBuf> {
-    std::fs::read_dir(tmp)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.starts_with("backbone-rig-") && !n.starts_with("backbone-rig-datadir-")
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,26 +480,42 @@ fn a_metadata_server_that_answers_is_used() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting rig drift");
+    // Its stderr as it comes: the credentials line is logged once the whole pre-flight (the
+    // token and the endpoints) is done, which may be after the token was asked; a signal
+    // before that line would end the run before what is checked here had happened.
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut all = seen.lock().unwrap_or_else(|p| p.into_inner());
+                all.push_str(&line);
+                all.push('\n');
+            }
+        })
+    };
+    let credentials_line = format!("the metadata server at http://{host}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tokens.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+    while !(tokens.load(Ordering::SeqCst) > 0
+        && seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&credentials_line))
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     signal(child.id(), libc::SIGTERM);
     let status = wait_exit(&mut child, Duration::from_secs(10));
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .map(|mut s| std::io::Read::read_to_string(&mut s, &mut stderr));
+    let _ = reader.join();
+    let stderr = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert!(
         tokens.load(Ordering::SeqCst) > 0,
         "no token was asked of the metadata server ({status}):\n{stderr}"
     );
     assert!(!stderr.contains("no Google credentials"), "{stderr}");
-    assert!(
-        stderr.contains(&format!("the metadata server at http://{host}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&credentials_line), "{stderr}");
     // It went on to read (and was interrupted there), rather than refusing.
     assert_eq!(status.code(), Some(143), "{stderr}");
 }
