@@ -323,9 +323,14 @@ pub struct Wiring {
 
 impl Wiring {
     pub fn of(ctx: &super::Context) -> anyhow::Result<Self> {
-        let topology = &ctx.world.topology;
-        let mut options = WorkerOptions::from_topology(topology)?;
-        options.verify_claims = ctx.world.verify_claims;
+        let mut wiring = Self::from_topology(&ctx.world.topology)?;
+        wiring.options.verify_claims = ctx.world.verify_claims;
+        Ok(wiring)
+    }
+
+    /// The reference worker wired from `topology` as the Terraform declares it.
+    pub fn from_topology(topology: &rig_topology::Topology) -> anyhow::Result<Self> {
+        let options = WorkerOptions::from_topology(topology)?;
         let raw_topic = topology
             .subscription(&options.subscription)
             .map(|s| s.topic.clone())

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use rig_events::envelope::{self};
 use rig_events::event_store::{EventStore, NewEvent};
-use rig_events::worker::{NoFaults, WorkerOptions};
+use rig_events::worker::NoFaults;
 use rig_harness::targets::{Service, ServiceControl};
 use scenarios::fixtures::{self, Aggregate};
-use scenarios::support::{Collector, RunningWorker, wait_for};
+use scenarios::support::{Collector, RunningWorker, Wiring, wait_for};
 
 /// What the target does to its own services: kill, restart, freeze, thaw.
 fn control(backbone: &rig_harness::backbone::Backbone) -> &dyn ServiceControl {
@@ -30,20 +30,12 @@ fn control(backbone: &rig_harness::backbone::Backbone) -> &dyn ServiceControl {
 async fn gcs_outages_and_a_database_restart_lose_nothing() {
     let (backbone, env) = deployed("faults").await;
     let topology = dev_topology();
-    let options = WorkerOptions::from_topology(&topology).expect("worker options");
-    let raw = topology
-        .subscription(&options.subscription)
-        .map(|s| s.topic.clone())
-        .expect("the raw topic");
-    let merged_subscription = topology
-        .worker_subscription(&options.merged_topic)
-        .map(|s| s.name.clone())
-        .expect("a subscription on merged");
-    let dlq_subscription = topology
-        // The operators' subscription: the acceptance one admits probes only.
-        .worker_subscription(&options.dead_letter_topic)
-        .map(|s| s.name.clone())
-        .expect("a subscription on the dead-letter topic");
+    let Wiring {
+        options,
+        raw_topic: raw,
+        merged: merged_subscription,
+        dead_letters: dlq_subscription,
+    } = Wiring::from_topology(&topology).expect("the worker's wiring from the Terraform");
     let services = control(&backbone);
     let merged = Collector::start(&env, &merged_subscription).await.unwrap();
     let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
@@ -203,16 +195,12 @@ async fn a_database_stall_past_the_ack_deadline_loses_and_duplicates_nothing() {
     .await
     .unwrap_or_else(|e| panic!("bringing up the backbone: {e:#}"));
     let env = deployment.environment;
-    let options = WorkerOptions::from_topology(&topology).expect("worker options");
-    let raw = topology
-        .subscription(&options.subscription)
-        .map(|s| s.topic.clone())
-        .expect("the raw topic");
-    let dlq_subscription = topology
-        // The operators' subscription: the acceptance one admits probes only.
-        .worker_subscription(&options.dead_letter_topic)
-        .map(|s| s.name.clone())
-        .expect("a subscription on the dead-letter topic");
+    let Wiring {
+        options,
+        raw_topic: raw,
+        dead_letters: dlq_subscription,
+        ..
+    } = Wiring::from_topology(&topology).expect("the worker's wiring from the Terraform");
     let services = control(&backbone);
     let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
     let events: Vec<NewEvent> = (1..=30)

@@ -13,9 +13,9 @@ use google_cloud_pubsub::model::Message;
 use rig_events::envelope;
 use rig_events::event_store::{Appended, EventStore, NewEvent};
 use rig_events::storage::StorageConnection;
-use rig_events::worker::{NoFaults, WorkerOptions};
+use rig_events::worker::NoFaults;
 use scenarios::fixtures::{self, Aggregate};
-use scenarios::support::{Collector, RunningWorker, wait_for};
+use scenarios::support::{Collector, RunningWorker, Wiring, wait_for};
 use serde_json::Value;
 
 const MARKER: &str = "corpus_case";
@@ -85,16 +85,12 @@ async fn every_corpus_message_is_dead_lettered_with_its_reason_and_the_valid_one
     );
     let (_backbone, env) = deployed("corpus").await;
     let topology = dev_topology();
-    let options = WorkerOptions::from_topology(&topology).expect("worker options");
-    let raw = topology
-        .subscription(&options.subscription)
-        .map(|s| s.topic.clone())
-        .expect("the raw topic");
-    let dlq_subscription = topology
-        // The operators' subscription: the acceptance one admits probes only.
-        .worker_subscription(&options.dead_letter_topic)
-        .map(|s| s.name.clone())
-        .expect("a subscription on the dead-letter topic");
+    let Wiring {
+        options,
+        raw_topic: raw,
+        dead_letters: dlq_subscription,
+        ..
+    } = Wiring::from_topology(&topology).expect("the worker's wiring from the Terraform");
     let dlq = Collector::start(&env, &dlq_subscription).await.unwrap();
     let storage = env.storage.client().await.unwrap();
     let publisher = env.pubsub.publisher(&raw).await.unwrap();

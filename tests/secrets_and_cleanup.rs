@@ -4,12 +4,11 @@
 
 mod support;
 use support::processes::{signal, wait_exit};
+use support::rig_dirs;
 use support::{connect, deployed};
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -137,23 +136,6 @@ fn an_existing_world_readable_env_file_is_made_owner_only() {
     let _ = wait_exit(&mut child, Duration::from_secs(30));
     assert!(printed && ready, "rig up wrote no environment");
     assert_eq!(mode, 0o600, "the env file has mode {mode:o}");
-}
-
-/// The rig's dirs (not the shared datadir template) under `tmp`.
-fn rig_dirs(tmp: &Path) -> BTreeSet<PathBuf> {
-    std::fs::read_dir(tmp)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.starts_with("backbone-rig-") && !n.starts_with("backbone-rig-datadir-")
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// SIGTERM or SIGHUP at any moment of start-up — while the datadirs are being

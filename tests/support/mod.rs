@@ -67,3 +67,20 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("building a tokio runtime")
 }
+
+/// The rig's own temp dirs under `tmp` (the shared datadir template is a cache, not a leak).
+pub fn rig_dirs(tmp: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    std::fs::read_dir(tmp)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with("backbone-rig-") && !n.starts_with("backbone-rig-datadir-")
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
