@@ -93,26 +93,12 @@ async fn compare() -> anyhow::Result<()> {
         in_process[0].as_secs_f64() * 1000.0,
         in_process[4].as_secs_f64() * 1000.0
     );
-    let ours = {
-        let started = Instant::now();
-        let mut child = Command::new(std::env::current_exe()?)
-            .env(CHILD, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut port = String::new();
-        BufReader::new(
-            child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-        )
-        .read_line(&mut port)?;
-        let endpoint = format!("http://127.0.0.1:{}", port.trim());
-        let figures = measure(&endpoint, child.id(), started, messages).await;
-        stop(&mut child);
-        figures?
-    };
+    let ours = run_child(
+        Command::new(std::env::current_exe()?).env(CHILD, "1"),
+        None,
+        messages,
+    )
+    .await?;
     report("pubsub-service", &ours);
     if let Some(baseline) = std::env::var_os("RIG_BENCH_PUBSUB_BASELINE") {
         against_baseline(std::path::Path::new(&baseline), messages).await?;

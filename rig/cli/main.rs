@@ -744,12 +744,14 @@ fn fault_kinds(text: &str) -> Result<Vec<rig_verify::plan::FaultKind>, String> {
         .collect()
 }
 
+/// A run that could not be made: its reason on stderr, exit 2 (as each `--help` states).
+fn refuse(message: String) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {message}");
+    Ok(ExitCode::from(2))
+}
+
 async fn verify(args: VerifyArgs, signals: &mut Signals) -> anyhow::Result<ExitCode> {
     use rig_harness::verify::{self, Options, PlanSource};
-    let refuse = |message: String| {
-        eprintln!("error: {message}");
-        Ok(ExitCode::from(2))
-    };
     let topology = match load_topology(&args.environment) {
         Ok(t) => t,
         Err(e) => return refuse(format!("{e:#}")),
@@ -812,10 +814,6 @@ async fn verify(args: VerifyArgs, signals: &mut Signals) -> anyhow::Result<ExitC
 
 async fn drift(args: DriftArgs, signals: &mut Signals) -> anyhow::Result<ExitCode> {
     use rig_drift::live::{GcpEndpoints as Endpoints, LiveReader, WorkerIdentity};
-    let refuse = |message: String| {
-        eprintln!("error: {message}");
-        Ok(ExitCode::from(2))
-    };
     if args.environment == "prod" && !args.allow_prod {
         return refuse("refusing to touch prod without --allow-prod (drift only reads; the flag says you mean it)".into());
     }
