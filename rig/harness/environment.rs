@@ -65,6 +65,13 @@ impl Environment {
 
     /// The variables a worker, the Laravel app or a shell needs, in the order `rig up` prints them.
     pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut vars = self.service_vars();
+        vars.extend(self.database_vars());
+        vars
+    }
+
+    /// Pub/Sub, storage, the project, the environment and the bucket.
+    fn service_vars(&self) -> Vec<(String, String)> {
         let mut vars = Vec::new();
         if let Some(host) = self.pubsub.emulator_host() {
             vars.push(("PUBSUB_EMULATOR_HOST".into(), host.to_string()));
@@ -85,7 +92,13 @@ impl Environment {
             self.backbone_environment.clone(),
         ));
         vars.push(("BACKBONE_PAYLOAD_BUCKET".into(), self.bucket.clone()));
-        vars.extend(self.event_store.env_vars(EVENT_STORE_PREFIX));
+        vars
+    }
+
+    /// The event store's connection, then the primary's: `DB_PASSWORD` is the last line
+    /// `rig up` prints, which scripts wait for.
+    fn database_vars(&self) -> Vec<(String, String)> {
+        let mut vars = self.event_store.env_vars(EVENT_STORE_PREFIX);
         vars.extend(self.primary.env_vars(PRIMARY_PREFIX));
         vars
     }
@@ -111,14 +124,10 @@ impl Environment {
         if let Some(attempts) = worker.max_delivery_attempts {
             names.push((MAX_DELIVERY_ATTEMPTS_VAR.into(), attempts.to_string()));
         }
-        // Beside the bucket, before the database credentials: `DB_PASSWORD` stays the last
-        // line `rig up` prints, which scripts wait for.
-        let mut vars = self.env_vars();
-        let at = vars
-            .iter()
-            .position(|(k, _)| k == "BACKBONE_PAYLOAD_BUCKET")
-            .map_or(vars.len(), |i| i + 1);
-        vars.splice(at..at, names);
+        // Beside the bucket, before the database credentials.
+        let mut vars = self.service_vars();
+        vars.extend(names);
+        vars.extend(self.database_vars());
         Ok(vars)
     }
 }
